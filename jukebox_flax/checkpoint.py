@@ -1,0 +1,185 @@
+"""Model directories: an Orbax checkpoint of the params, ``config.json`` and optional ``vocab.json``.
+
+A directory holds one component (a VQ-VAE or one prior) or a whole model with the subdirectories
+``vqvae/`` and ``prior_level_{0,1,2}/``. Every Orbax call of the project lives here, so a move to
+another checkpoint API is a one-file change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import jax
+import numpy as np
+
+from .errors import JukeboxError
+from .config import ConfigError, JukeboxConfig, config_from_dict
+
+__all__ = [
+    "CheckpointError",
+    "save_model_dir",
+    "load_config",
+    "load_params",
+    "load_vocab",
+    "component_dir",
+    "is_model_dir",
+]
+
+PathLike = Union[str, os.PathLike]
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+PARAMS_DIR = "params"
+
+
+class CheckpointError(JukeboxError, ValueError):
+    """A missing, corrupt or mismatched model directory."""
+
+
+def is_model_dir(path: PathLike) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def component_dir(path: PathLike, component: str) -> Path:
+    """The directory of ``component`` ('vqvae' or 'prior_level_L') inside ``path``.
+
+    ``path`` may be the component's own directory or a whole-model directory.
+    """
+    path = Path(path)
+    if not is_model_dir(path):
+        raise CheckpointError(f"{path} is not a jukebox-flax model directory (no {CONFIG_FILE})")
+    config = load_config(path)
+    if isinstance(config, JukeboxConfig):
+        sub = path / component
+        if not is_model_dir(sub):
+            raise CheckpointError(f"whole-model directory {path} has no {component}/")
+        return sub
+    return path
+
+
+def save_model_dir(
+    path: PathLike,
+    params: Any,
+    config: Any,
+    vocab: Optional[dict] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a component directory atomically (into a temporary sibling, then renamed).
+
+    A crash leaves either the old directory or the complete new one, never a partial one.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write_component(tmp, params, config, vocab)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_component(path: Path, params: Any, config: Any, vocab: Optional[dict] = None) -> None:
+    """Write params, config and vocab into an existing (empty) directory ``path``."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path / PARAMS_DIR, params)
+        ckptr.wait_until_finished()
+    (path / CONFIG_FILE).write_text(config.to_json())
+    if vocab is not None:
+        (path / VOCAB_FILE).write_text(json.dumps(vocab, indent=1))
+
+
+def load_config(path: PathLike):
+    """The config stored in a model directory (VQVAEConfig, PriorConfig or JukeboxConfig)."""
+    file = Path(path) / CONFIG_FILE
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a jukebox-flax model directory (no {CONFIG_FILE})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+    try:
+        return config_from_dict(data)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{file}: {e}") from None
+
+
+def load_vocab(path: PathLike) -> Optional[dict]:
+    file = Path(path) / VOCAB_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def load_params(
+    path: PathLike,
+    dtype: Any = None,
+    sharding: Optional[Callable[[tuple[str, ...], tuple[int, ...]], Any]] = None,
+    expected: Any = None,
+) -> Any:
+    """Restore the params of a component directory.
+
+    Arrays are restored straight into ``dtype`` (when given) and into the sharding returned by
+    ``sharding(path_tuple, shape)`` (when given), so no full-precision host copy is made.
+    ``expected`` (a pytree of arrays or ShapeDtypeStructs, e.g. from ``jax.eval_shape`` of the
+    module's init) is checked against the stored tree: a missing, extra or mis-shaped entry is an
+    error that names it.
+    """
+    import orbax.checkpoint as ocp
+
+    ckpt = Path(path).absolute() / PARAMS_DIR
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            meta = ckptr.metadata(ckpt)
+            meta = getattr(meta, "item_metadata", meta)
+        except Exception as e:  # orbax raises several types for unreadable checkpoints
+            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {e}") from None
+        if expected is not None:
+            check_tree(meta, expected, where=str(path))
+
+        def target(keypath, m):
+            names = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
+            shard = sharding(names, tuple(m.shape)) if sharding is not None else None
+            if shard is None:
+                shard = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            return jax.ShapeDtypeStruct(tuple(m.shape), dtype or m.dtype, sharding=shard)
+
+        abstract = jax.tree_util.tree_map_with_path(target, meta)
+        try:
+            return ckptr.restore(ckpt, abstract)
+        except Exception as e:
+            raise CheckpointError(f"cannot restore the checkpoint in {ckpt}: {e}") from None
+
+
+def check_tree(stored: Any, expected: Any, where: str = "checkpoint") -> None:
+    """Raise CheckpointError naming every missing, unexpected or mis-shaped entry."""
+
+    def flat(tree):
+        out = {}
+        for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
+            out[name] = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+        return out
+
+    have, want = flat(stored), flat(expected)
+    problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
+    problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+    problems += [
+        f"{k} has shape {have[k]}, expected {want[k]}" for k in sorted(set(have) & set(want)) if have[k] != want[k]
+    ]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
+        raise CheckpointError(f"{where} does not match the model: {shown}")

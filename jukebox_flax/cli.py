@@ -1,0 +1,134 @@
+"""The ``jukebox-flax`` command line (also ``python -m jukebox_flax``).
+
+Each subcommand parses its arguments here and calls one library function, imported only when that
+subcommand runs (so ``convert``'s torch import never slows the others). A user mistake
+(a ``JukeboxError`` or a missing file) prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .errors import JukeboxError
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from jukebox_flax_convert.cli import run_convert
+
+    run_convert(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from jukebox_flax_convert.cli import run_export
+
+    run_export(args)
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from .info import describe
+
+    print(describe(args.dir))
+
+
+def _cmd_encode(args: argparse.Namespace) -> None:
+    from .vqvae.api import encode_file
+
+    encode_file(args.model, args.audio, args.out)
+
+
+def _cmd_decode(args: argparse.Namespace) -> None:
+    from .vqvae.api import decode_file
+
+    decode_file(args.model, args.codes, args.out)
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from .sampling.command import run_sample
+
+    run_sample(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert PyTorch weights (official or Hugging Face) to a model directory")
+    p.add_argument("src", help="an official *.pth.tar, a directory of them, or a Hugging Face checkpoint directory")
+    p.add_argument("dst", help="the model directory to write")
+    hp = p.add_mutually_exclusive_group()
+    hp.add_argument("--hps", help="JSON file of original hyperparameters")
+    hp.add_argument("--preset", help="released configuration name (e.g. 1b_lyrics, vqvae, prior_5b)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    vocab = p.add_mutually_exclusive_group()
+    vocab.add_argument("--ids", help="directory of the original artist/genre id lists")
+    vocab.add_argument("--vocab", help="a Hugging Face vocab.json")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow arbitrary pickled objects in official checkpoints (only for files you trust)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("export", help="write an official-format state dict (*.pth.tar) from a model directory")
+    p.add_argument("dir")
+    p.add_argument("out")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("info", help="describe a model directory")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("encode", help="encode audio into VQ-VAE codes (.npz)")
+    p.add_argument("--model", required=True, help="a VQ-VAE or whole-model directory")
+    p.add_argument("audio")
+    p.add_argument("out")
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help="decode VQ-VAE codes (.npz) into a WAV file")
+    p.add_argument("--model", required=True, help="a VQ-VAE or whole-model directory")
+    p.add_argument("codes")
+    p.add_argument("out")
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("sample", help="sample a song")
+    p.add_argument("--model", default=None, help="a whole-model directory (default: the bundled demo model)")
+    p.add_argument("--artist", default="unknown")
+    p.add_argument("--genre", default="unknown", help="NAME[,NAME...]")
+    p.add_argument("--lyrics", default="", help="TEXT, or @FILE to read it from a file")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--levels", type=int, default=None, help="how many levels to sample, from the top (default all)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--temperature", type=float, nargs="+", default=None,
+                   help="one value, or one per level from the top")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prime", default=None, help="audio file to continue")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (JukeboxError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"jukebox-flax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jukebox-flax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

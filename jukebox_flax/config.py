@@ -310,11 +310,11 @@ class PriorConfig(_JsonMixin):
     downs_t: tuple[int, ...] = (3, 2, 2)
     strides_t: tuple[int, ...] = (2, 2, 2)
     # upsampler conditioner on the level above
-    cond_width: int = 1024
-    cond_depth: int = 16
+    cond_width: int = 128  # defaults are the original DEFAULTS; the released upsamplers use 1024/16/3/8
+    cond_depth: int = 3
     cond_m_conv: float = 1.0
-    cond_dilation_growth_rate: int = 3
-    cond_dilation_cycle: Optional[int] = 8
+    cond_dilation_growth_rate: int = 1
+    cond_dilation_cycle: Optional[int] = None
     cond_res_scale: bool = False
     cond_zero_out: bool = False
     # labels: artist, genre and (top level) timing

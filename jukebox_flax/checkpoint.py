@@ -7,6 +7,7 @@ another checkpoint API is a one-file change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ __all__ = [
     "load_vocab",
     "component_dir",
     "is_model_dir",
+    "LazyArray",
+    "save_whole_model_dir",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -35,6 +38,8 @@ PathLike = Union[str, os.PathLike]
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 PARAMS_DIR = "params"
+# Host memory the writer may hold in produced-but-unwritten arrays (see _host_checkpointer).
+WRITE_BUDGET_BYTES = 256 * 2**20
 
 
 class CheckpointError(JukeboxError, ValueError):
@@ -72,14 +77,43 @@ def save_model_dir(
     """Write a component directory atomically (into a temporary sibling, then renamed).
 
     A crash leaves either the old directory or the complete new one, never a partial one.
+    Leaves may be numpy/jax arrays or ``LazyArray``s (produced one at a time while writing).
     """
+    return _atomic_write(path, overwrite, lambda tmp: write_component(tmp, params, config, vocab))
+
+
+def save_whole_model_dir(
+    path: PathLike,
+    components: dict[str, tuple[Any, Any, Optional[dict]]],
+    config: JukeboxConfig,
+    vocab: Optional[dict] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a whole-model directory atomically: ``config.json`` (a JukeboxConfig), optional
+    ``vocab.json`` (the top prior's), and one component directory per entry of ``components``
+    (``{'vqvae': (params, VQVAEConfig, None), 'prior_level_0': (params, PriorConfig, vocab), ...}``).
+    """
+
+    def write(tmp: Path) -> None:
+        for name, (params, component_config, component_vocab) in components.items():
+            sub = tmp / name
+            sub.mkdir()
+            write_component(sub, params, component_config, component_vocab)
+        (tmp / CONFIG_FILE).write_text(config.to_json())
+        if vocab is not None:
+            (tmp / VOCAB_FILE).write_text(json.dumps(vocab, indent=1))
+
+    return _atomic_write(path, overwrite, write)
+
+
+def _atomic_write(path: PathLike, overwrite: bool, write: Callable[[Path], None]) -> Path:
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        write_component(tmp, params, config, vocab)
+        write(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -89,14 +123,99 @@ def save_model_dir(
     return path
 
 
+class LazyArray:
+    """A checkpoint leaf whose data is produced only when it is written.
+
+    ``load()`` returns a numpy array of ``shape`` and ``dtype``; ``release()`` (optional) runs
+    once that array is on disk. Writing a tree of these holds about one array in memory at a
+    time, which is how the converter streams multi-GB checkpoints.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, load: Callable[[], np.ndarray],
+                 release: Optional[Callable[[], None]] = None):
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.load = load
+        self.release = release or (lambda: None)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self.shape}, {self.dtype})"
+
+
+def _host_checkpointer():
+    """An Orbax checkpointer that writes numpy leaves without copying them and LazyArray leaves
+    one at a time (Orbax's default deep-copies every host array first, doubling memory)."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import future, type_handlers
+
+    class HostArrayHandler(type_handlers.NumpyHandler):
+        def __init__(self):
+            super().__init__(deepcopy_host_arrays=False)
+
+        async def _background_serialize(self, values, infos, args=None):
+            # Several small arrays at once (one Tensorstore write each is slow), but never more
+            # than WRITE_BUDGET_BYTES of produced arrays in flight: memory stays bounded.
+            in_flight = 0
+            ready = asyncio.Condition()
+
+            async def write_one(value, info, arg):
+                nonlocal in_flight
+                size = int(value.nbytes)
+                async with ready:
+                    await ready.wait_for(lambda: in_flight == 0 or in_flight + size <= WRITE_BUDGET_BYTES)
+                    in_flight += size
+                try:
+                    array = value.load() if isinstance(value, LazyArray) else value
+                    if array.shape != tuple(value.shape) or array.dtype != value.dtype:
+                        raise CheckpointError(f"{info.name}: produced {array.dtype}{list(array.shape)}, "
+                                              f"declared {value.dtype}{list(value.shape)}")
+                    await type_handlers.NumpyHandler._background_serialize(self, [array], [info], [arg])
+                    del array
+                    if isinstance(value, LazyArray):
+                        value.release()
+                finally:
+                    async with ready:
+                        in_flight -= size
+                        ready.notify_all()
+
+            await asyncio.gather(*(write_one(v, i, a) for v, i, a in zip(values, infos, args)))
+
+        async def serialize(self, values, infos, args=None):
+            args = args or [ocp.SaveArgs()] * len(values)
+            return [future.CommitFutureAwaitingContractedSignals(
+                self._background_serialize(values, infos, args), name="host_array_writer")]
+
+    handler = HostArrayHandler()
+    registry = type_handlers.create_type_handler_registry(
+        (LazyArray, handler), (np.ndarray, handler), (jax.Array, type_handlers.ArrayHandler()))
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+
+
 def write_component(path: Path, params: Any, config: Any, vocab: Optional[dict] = None) -> None:
     """Write params, config and vocab into an existing (empty) directory ``path``."""
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path / PARAMS_DIR, params)
-        ckptr.wait_until_finished()
+    leaves = jax.tree_util.tree_leaves(params)
+    if leaves and all(isinstance(leaf, (np.ndarray, LazyArray)) for leaf in leaves):
+        with _host_checkpointer() as ckptr:
+            ckptr.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params))  # synchronous
+    else:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(path / PARAMS_DIR, params)
+            ckptr.wait_until_finished()
     (path / CONFIG_FILE).write_text(config.to_json())
     if vocab is not None:
         (path / VOCAB_FILE).write_text(json.dumps(vocab, indent=1))

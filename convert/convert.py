@@ -1,0 +1,310 @@
+"""Released PyTorch weights -> a jukebox-flax model directory.
+
+    convert(src, dst, hps=None, preset=None, dtype="float32", ids=None, vocab=None)
+
+1. ``sources.open_source`` memory-maps the official file(s) or the HF checkpoint and renames HF
+   keys to the original ones, so everything below speaks the original key names.
+2. Each component's config comes from ``--hps`` / ``--preset`` when given, else from the file's
+   own ``hps`` entry, else from the HF ``config.json``. A prior's codebook size is read from its
+   token embedding (the hps of a prior may carry a stale ``l_bins``).
+3. The module owners' key mappings (``vqvae_keys`` / ``prior_keys``) turn the state dict into our
+   params tree; they check every key and shape against the config. Their leaves are views of the
+   memory-mapped file, so nothing is read yet.
+4. Every leaf becomes a ``LazyArray``: it is cast to ``dtype`` only when Orbax writes it, and the
+   file's pages are released after each tensor, so memory stays at about one tensor.
+5. The directory is written atomically (a temporary sibling, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+
+from jukebox_flax import config as cfg
+from jukebox_flax.checkpoint import LazyArray, save_model_dir, save_whole_model_dir
+from jukebox_flax.config import ConfigError, JukeboxConfig, PriorConfig, VQVAEConfig
+from jukebox_flax.errors import JukeboxError
+
+from .sources import COMPONENTS, ConvertError, Source, open_source, release_pages
+
+__all__ = ["convert", "Mappings", "DTYPES", "component_kind", "configs_for", "params_for"]
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+# kind -> function(state_dict, config) -> params; tests may inject stand-ins.
+Mappings = Mapping[str, Callable[[Mapping[str, np.ndarray], Any], dict]]
+
+
+def _vqvae_mapping(sd, config):
+    from .vqvae_keys import vqvae_params_from_state_dict
+
+    return vqvae_params_from_state_dict(sd, config)
+
+
+def _prior_mapping(sd, config):
+    from .prior_keys import prior_params_from_state_dict
+
+    return prior_params_from_state_dict(sd, config)
+
+
+def default_mappings() -> dict[str, Callable]:
+    return {"vqvae": _vqvae_mapping, "prior": _prior_mapping}
+
+
+def np_dtype(name: str) -> np.dtype:
+    if name not in DTYPES:
+        raise ConvertError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# What is in the file
+
+
+def component_kind(sd: Mapping[str, Any], where: str) -> str:
+    """'vqvae' or 'prior', from the state dict's keys."""
+    if any(k.startswith(("encoders.", "decoders.", "bottleneck.")) for k in sd):
+        return "vqvae"
+    if any(k.startswith(("prior.", "prime_prior.", "y_emb.", "conditioner_blocks.")) for k in sd):
+        return "prior"
+    first = ", ".join(list(sd)[:3]) or "no tensors"
+    raise ConvertError(f"{where} is not a Jukebox VQ-VAE or prior checkpoint (keys: {first}, ...)")
+
+
+def _read_hps(hps: Union[None, str, Path, Mapping]) -> Optional[dict]:
+    if hps is None or isinstance(hps, Mapping):
+        return dict(hps) if hps is not None else None
+    try:
+        data = json.loads(Path(hps).read_text())
+    except FileNotFoundError:
+        raise ConvertError(f"--hps file {hps} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"--hps file {hps} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"--hps file {hps} must hold a JSON object of hyperparameters")
+    return data
+
+
+def _config_from_hps(kind: str, hps: Mapping[str, Any], where: str, vqvae: Optional[VQVAEConfig] = None):
+    try:
+        if kind == "vqvae":
+            return VQVAEConfig.from_hps(hps)
+        if vqvae is None:
+            try:
+                vqvae = VQVAEConfig.from_hps(hps)
+            except (KeyError, TypeError, ValueError):
+                vqvae = VQVAEConfig()
+        return PriorConfig.from_hps(hps, vqvae)
+    except KeyError as e:
+        raise ConvertError(f"{where}: hyperparameter {e} is missing") from None
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: bad hyperparameters: {e}") from None
+
+
+def _with_bins_from_weights(config: PriorConfig, sd: Mapping[str, np.ndarray]) -> PriorConfig:
+    """The codebook size the prior was built with, read from its token embedding."""
+    emb = sd.get("prior.x_emb.weight")
+    if emb is None:
+        return config
+    bins = emb.shape[0] - (config.n_vocab if config.lyrics == "single" else 0)
+    return config.replace(bins=bins) if bins != config.bins and bins > 0 else config
+
+
+def _check_kind(component_config: Any, kind: str, where: str) -> None:
+    want = VQVAEConfig if kind == "vqvae" else PriorConfig
+    if not isinstance(component_config, want):
+        got = "a VQ-VAE" if isinstance(component_config, VQVAEConfig) else "a prior"
+        raise ConvertError(f"{where} is a {kind} checkpoint but the given config is {got}")
+
+
+def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -> tuple[dict[str, Any], Optional[JukeboxConfig]]:
+    """({component name: config}, whole-model config or None) for everything in ``source``."""
+    hps = _read_hps(hps)
+    chosen = None
+    if preset is not None:
+        try:
+            chosen = cfg.preset(preset)
+        except ConfigError as e:
+            raise ConvertError(str(e)) from None
+
+    if source.kind == "official_file":
+        sd = source.state_dicts["unknown"]
+        kind = component_kind(sd, str(source.path))
+        if isinstance(chosen, JukeboxConfig):
+            raise ConvertError(f"--preset {preset} is a whole model; {source.path} is one component "
+                               "(use vqvae, upsampler_level_0/1 or prior_*)")
+        if chosen is None:
+            chosen_hps = hps if hps is not None else source.hps.get("unknown")
+            if chosen_hps is None:
+                raise ConvertError(f"{source.path} has no 'hps' entry: pass --hps FILE.json or --preset NAME")
+            chosen = _config_from_hps(kind, chosen_hps, str(source.path))
+        _check_kind(chosen, kind, str(source.path))
+        if kind == "prior":
+            chosen = _with_bins_from_weights(chosen, sd)
+        name = "vqvae" if kind == "vqvae" else f"prior_level_{chosen.level}"
+        source.state_dicts = {name: sd}
+        return {name: chosen}, None
+
+    if source.kind == "official_dir":
+        missing = [c for c in COMPONENTS if c not in source.state_dicts]
+        if missing:
+            raise ConvertError(f"{source.path} lacks {', '.join(m + '.pth.tar' for m in missing)}: a directory "
+                               "is converted as a whole model; convert single files one at a time")
+        for name, sd in source.state_dicts.items():
+            kind = component_kind(sd, str(source.path / f"{name}.pth.tar"))
+            if kind != ("vqvae" if name == "vqvae" else "prior"):
+                raise ConvertError(f"{source.path / (name + '.pth.tar')} holds a {kind}, not a {name}")
+        if chosen is not None and not isinstance(chosen, JukeboxConfig):
+            raise ConvertError(f"--preset {preset} is one component; {source.path} is a whole model "
+                               "(use 1b_lyrics, 5b or 5b_lyrics)")
+        if chosen is not None:
+            configs = {"vqvae": chosen.vqvae, **{f"prior_level_{p.level}": p for p in chosen.priors}}
+        else:
+            configs = {}
+            for name in COMPONENTS:
+                h = (hps or {}).get(name) if hps is not None else source.hps.get(name)
+                if h is None:
+                    raise ConvertError(f"{source.path / (name + '.pth.tar')} has no 'hps' entry: pass --preset, "
+                                       "or --hps with a JSON object {component: hps}")
+                where = str(source.path / f"{name}.pth.tar")
+                kind = "vqvae" if name == "vqvae" else "prior"
+                configs[name] = _config_from_hps(kind, h, where, configs.get("vqvae"))
+                if kind == "prior" and configs[name].level != int(name[-1]):
+                    raise ConvertError(f"{where}: its hps say level {configs[name].level}")
+    else:  # Hugging Face
+        if chosen is not None and not isinstance(chosen, JukeboxConfig):
+            raise ConvertError(f"--preset {preset} is one component; a Hugging Face checkpoint is a whole model")
+        if chosen is None:
+            try:
+                chosen = JukeboxConfig.from_hf(source.hf_config)
+            except (ConfigError, KeyError, TypeError, ValueError) as e:
+                raise ConvertError(f"{source.path / 'config.json'}: cannot read the model config ({e})") from None
+        configs = {"vqvae": chosen.vqvae, **{f"prior_level_{p.level}": p for p in chosen.priors}}
+        missing = [c for c in configs if c not in source.state_dicts]
+        if missing:
+            raise ConvertError(f"{source.path} has no weights for {', '.join(missing)}")
+
+    for name in list(configs):
+        if name != "vqvae":
+            configs[name] = _with_bins_from_weights(configs[name], source.state_dicts[name])
+    try:
+        whole = JukeboxConfig(vqvae=configs["vqvae"], priors=tuple(configs[f"prior_level_{l}"] for l in range(3)),
+                              **({"hop_fraction": chosen.hop_fraction} if isinstance(chosen, JukeboxConfig) else {}))
+    except ConfigError as e:
+        raise ConvertError(f"{source.path}: the components do not form one model: {e}") from None
+    return configs, whole
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _check_tied(sd: Mapping[str, np.ndarray], config: PriorConfig, where: str) -> None:
+    """A non-merged decoder reuses the token embedding as output head; the checkpoint stores it
+    twice (torch keeps one storage). A copy that differs would be silently lost."""
+    if config.merged_decoder or "prior.x_out.weight" not in sd or "prior.x_emb.weight" not in sd:
+        return
+    out, emb = sd["prior.x_out.weight"], sd["prior.x_emb.weight"]
+    if out.shape != emb.shape or not (np.shares_memory(out, emb) or np.array_equal(out, emb)):
+        raise ConvertError(f"{where}: prior.x_out.weight differs from prior.x_emb.weight, but this prior "
+                           "ties them (merged_decoder=False)")
+
+
+def params_for(name: str, sd: Mapping[str, np.ndarray], config: Any, where: str,
+               mappings: Optional[Mappings] = None) -> dict:
+    """Our params tree (views of ``sd``) for one component."""
+    mappings = mappings or default_mappings()
+    kind = "vqvae" if name == "vqvae" else "prior"
+    if kind == "prior":
+        _check_tied(sd, config, where)
+    try:
+        return mappings[kind](sd, config)
+    except ConvertError:
+        raise
+    except JukeboxError as e:  # the mappings' own errors name the missing / unexpected / mis-shaped key
+        raise ConvertError(f"{where}: {e}") from None
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _lazy(v, dtype, files) for k, v in tree.items()}
+    leaf = tree
+    target = dtype if _is_float(np.dtype(leaf.dtype)) else np.dtype(leaf.dtype)
+
+    def load(leaf=leaf, target=target) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(leaf).astype(target, copy=False))
+
+    return LazyArray(leaf.shape, target, load, release=lambda: release_pages(files))
+
+
+# ------------------------------------------------------------------------------------------------
+# Vocabulary
+
+
+def _vocab_for(config: PriorConfig, ids: Any, vocab: Any) -> Optional[dict]:
+    if not config.labels or (ids is None and vocab is None):
+        return None
+    from jukebox_flax.labels import Labeller
+
+    shape = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
+                 sample_length=config.sample_length)
+    if ids is not None:
+        labeller = Labeller.from_ids_dir(ids, version=config.labeller_version, **shape)
+    else:
+        labeller = Labeller.from_vocab(vocab, version=config.labeller_version, **shape)
+    return labeller.vocab_dict()
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def convert(
+    src: Any,
+    dst: Any,
+    *,
+    hps: Any = None,
+    preset: Optional[str] = None,
+    dtype: str = "float32",
+    ids: Any = None,
+    vocab: Any = None,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+    mappings: Optional[Mappings] = None,
+) -> Path:
+    """Convert ``src`` (official file, directory of them, or HF checkpoint) into the model
+    directory ``dst``. Returns ``dst``. Raises ConvertError (or another JukeboxError) naming the
+    problem; ``dst`` is then left as it was."""
+    target = np_dtype(dtype)
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise ConvertError(f"{dst} already exists (pass --overwrite to replace it)")
+    if ids is not None and not Path(ids).is_dir():
+        raise ConvertError(f"--ids {ids} is not a directory")
+    source = open_source(src, trust_pickle)
+    if source.kind == "hf" and vocab is None and ids is None and (source.path / "artists.json").is_file():
+        vocab = source.path  # the HF tokenizer files next to the weights
+    configs, whole = configs_for(source, hps, preset)
+
+    components = {}
+    for name, config in configs.items():
+        where = f"{source.path} ({name})" if len(configs) > 1 else str(source.path)
+        params = params_for(name, source.state_dicts[name], config, where, mappings)
+        component_vocab = _vocab_for(config, ids, vocab) if name != "vqvae" else None
+        components[name] = (_lazy(params, target, source.files), config, component_vocab)
+
+    if whole is None:
+        ((name, (params, config, component_vocab)),) = components.items()
+        return save_model_dir(dst, params, config, component_vocab, overwrite=overwrite)
+    top_vocab = components[f"prior_level_{len(whole.priors) - 1}"][2]
+    return save_whole_model_dir(dst, components, whole, top_vocab, overwrite=overwrite)

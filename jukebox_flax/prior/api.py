@@ -1,0 +1,175 @@
+"""The public prior API: ``load_prior(DIR)`` -> ``Prior`` (config, params, module) with jitted methods.
+
+    prior = jf.load_prior(DIR)                      # a prior directory, or a whole model (+ level=)
+    logits = prior.logits(tokens, y=y, upper=upper) # float32 [B, T, bins] (joint for 1b_lyrics style)
+    tokens = prior.sample(key, n, y=y, upper=upper)
+
+Inputs are checked on the host first (shapes, id ranges, timing range) so a user mistake is a
+``JukeboxError`` with a clear message rather than NaNs from inside jit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..checkpoint import CheckpointError, component_dir, load_config, load_params, load_vocab
+from ..config import JukeboxConfig, PriorConfig
+from .conditioners import check_labels
+from .prior import JukeboxPrior, PriorCallError
+
+__all__ = ["Prior", "load_prior", "init_prior_params", "abstract_prior_params", "PriorCallError"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def _dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array, Optional[jax.Array], Optional[jax.Array]]:
+    tokens = jnp.zeros((batch, config.n_ctx), jnp.int32)
+    y = jnp.zeros((batch, config.y_length), jnp.int32) if config.labels else None
+    upper = jnp.zeros((batch, config.n_ctx // config.cond_downsample), jnp.int32) if config.is_upsampler else None
+    return tokens, y, upper
+
+
+def init_prior_params(config: PriorConfig, key: jax.Array, param_dtype: Any = jnp.float32) -> dict:
+    """Freshly initialised params of a prior (the original's inits where they matter)."""
+    module = JukeboxPrior(config, param_dtype=param_dtype)
+    return module.init(key, *_dummy_inputs(config), method=JukeboxPrior.loss)["params"]
+
+
+def abstract_prior_params(config: PriorConfig, param_dtype: Any = jnp.float32) -> dict:
+    """The param tree as ``jax.ShapeDtypeStruct`` leaves (no memory: ``jax.eval_shape``)."""
+    return jax.eval_shape(lambda k: init_prior_params(config, k, param_dtype), jax.random.key(0))
+
+
+def _int_array(name: str, x: Any, ndim: int = 2) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.integer):
+        raise PriorCallError(f"{name} must be an integer array with {ndim} dims, got {arr.dtype} {list(arr.shape)}")
+    return arr.astype(np.int32)
+
+
+@dataclass
+class Prior:
+    """A loaded prior: ``config`` (PriorConfig), ``params`` (nested dict), ``module`` (JukeboxPrior),
+    ``vocab`` (dict or None, from the model directory)."""
+
+    config: PriorConfig
+    params: Any
+    module: JukeboxPrior = None  # type: ignore[assignment]
+    vocab: Optional[dict] = None
+    _jitted: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.module is None:
+            self.module = JukeboxPrior(self.config)
+
+    @property
+    def level(self) -> int:
+        return self.config.level
+
+    # -- input checks --------------------------------------------------------------------------
+    def check_inputs(self, tokens: Any = None, y: Any = None, upper: Any = None) -> tuple:
+        """Validate and convert (tokens, y, upper) to int32 numpy arrays (None stays None)."""
+        c = self.config
+        batch = None
+        if tokens is not None:
+            tokens = _int_array("tokens", tokens)
+            batch = tokens.shape[0]
+            if tokens.shape[1] > c.n_ctx:
+                raise PriorCallError(f"{tokens.shape[1]} tokens exceed this prior's window of {c.n_ctx}")
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= c.bins):
+                raise PriorCallError(f"tokens must lie in [0, {c.bins}), got [{tokens.min()}, {tokens.max()}]")
+        if c.labels:
+            if y is None:
+                raise PriorCallError(f"this prior needs labels y [batch, {c.y_length}] (see Labeller.get_y)")
+            y = _int_array("y", y)
+            check_labels(y, c)
+            if batch is not None and y.shape[0] != batch:
+                raise PriorCallError(f"y has batch {y.shape[0]}, tokens {batch}")
+        elif y is not None and np.size(y):
+            raise PriorCallError("this prior takes no labels (y)")
+        else:
+            y = None
+        if c.is_upsampler:
+            if upper is None:
+                raise PriorCallError("an upsampler needs the codes of the level above (upper)")
+            upper = _int_array("upper", upper)
+            want = c.n_ctx // c.cond_downsample
+            if upper.shape[1] != want:
+                raise PriorCallError(f"upper must hold {want} codes of level {c.level + 1}, got {upper.shape[1]}")
+            if upper.min() < 0 or upper.max() >= c.bins:
+                raise PriorCallError(f"upper codes must lie in [0, {c.bins})")
+            if batch is not None and upper.shape[0] != batch:
+                raise PriorCallError(f"upper has batch {upper.shape[0]}, tokens {batch}")
+        elif upper is not None:
+            raise PriorCallError("only upsamplers take upper codes")
+        return tokens, y, upper
+
+    def _jit(self, name: str, fn):
+        if name not in self._jitted:
+            self._jitted[name] = jax.jit(fn)
+        return self._jitted[name]
+
+    # -- teacher forcing ---------------------------------------------------------------------------
+    def logits(self, tokens: Any, y: Any = None, upper: Any = None) -> jax.Array:
+        """float32 logits [B, T, bins] of the original ``z_forward`` (teacher forcing).
+
+        tokens int [B, T] codes of this level; y int [B, Y] (original label layout); upper int
+        [B, T_upper] codes of the level above (upsamplers). A single encoder-decoder prior
+        (1b_lyrics style) returns [B, n_tokens + T, n_vocab + bins]: lyric positions first, joint vocab.
+        """
+        tokens, y, upper = self.check_inputs(tokens, y, upper)
+        module = self.module
+        fn = self._jit("logits", lambda p, t, y, u: module.apply({"params": p}, t, y, u))
+        return fn(self.params, tokens, y, upper)
+
+    def condition(self, y: Any = None, upper: Any = None) -> dict:
+        """{'x_cond', 'y_cond', 'encoder_kv', 'prime'} (see ``JukeboxPrior.condition``)."""
+        _, y, upper = self.check_inputs(None, y, upper)
+        module = self.module
+        fn = self._jit(
+            "condition", lambda p, y, u: module.apply({"params": p}, y, u, method=JukeboxPrior.condition)
+        )
+        return fn(self.params, y, upper)
+
+    def loss(self, tokens: Any, y: Any = None, upper: Any = None) -> tuple[jax.Array, dict]:
+        """(loss, {'bpd', 'prime_loss', 'gen_loss'}) as the original ``z_forward``."""
+        tokens, y, upper = self.check_inputs(tokens, y, upper)
+        module = self.module
+        fn = self._jit("loss", lambda p, t, y, u: module.apply({"params": p}, t, y, u, method=JukeboxPrior.loss))
+        return fn(self.params, tokens, y, upper)
+
+    # -- sampling ---------------------------------------------------------------------------------
+    def sample(self, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, **kw) -> jax.Array:
+        """``n`` new tokens after the optional ``prime`` int32 [B, T_prime] (see ``sampling.sampler``)."""
+        from ..sampling.sampler import sample_prior
+
+        return sample_prior(self, key, n, y=y, upper=upper, prime=prime, temperature=temperature,
+                            top_k=top_k, top_p=top_p, **kw)
+
+    def num_params(self) -> int:
+        return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(self.params)))
+
+
+def load_prior(path: PathLike, level: Optional[int] = None, dtype: Any = None) -> Prior:
+    """Load a prior from a prior directory, or from a whole-model directory (``level``: 0 = finest,
+    default the top level). ``dtype`` casts the params on restore (e.g. jnp.bfloat16)."""
+    config = load_config(path)
+    if isinstance(config, JukeboxConfig):
+        level = len(config.priors) - 1 if level is None else level
+        if not 0 <= level < len(config.priors):
+            raise CheckpointError(f"{path} has prior levels 0..{len(config.priors) - 1}, not {level}")
+    sub = component_dir(path, f"prior_level_{level}") if isinstance(config, JukeboxConfig) else path
+    config = load_config(sub)
+    if not isinstance(config, PriorConfig):
+        raise CheckpointError(f"{sub} holds a {type(config).__name__}, not a prior")
+    if level is not None and config.level != level:
+        raise CheckpointError(f"{sub} holds the level-{config.level} prior, not level {level}")
+    params = load_params(sub, dtype=dtype, expected=abstract_prior_params(config))
+    return Prior(config=config, params=params, module=JukeboxPrior(config), vocab=load_vocab(sub))

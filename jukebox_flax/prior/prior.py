@@ -1,0 +1,188 @@
+"""A whole prior of one level (the original ``SimplePrior``): conditioning + the autoregressive model.
+
+``JukeboxPrior(config)`` holds, as the config asks for them:
+
+- ``upper_conditioner`` (upsamplers): the codes of the level above -> x_cond [B, n_ctx, W];
+- ``label_conditioner``: artist + genres -> y_cond [B, 1, W] (the start embedding), and at the top
+  level the timing signal, which is x_cond there;
+- the lyric path: ``lyrics='separate'`` (5b_lyrics) runs ``lyric_encoder`` (a causal transformer over
+  the lyric tokens, ``only_encode``) -> ``lyric_proj`` -> ``lyric_ln`` = encoder_kv [B, n_tokens, W]
+  for the cross-attention layers, and ``lyric_head`` predicts the lyric tokens for the training
+  loss; ``lyrics='single'`` (1b_lyrics) runs one transformer over [lyrics ; music] with a joint
+  vocabulary (music token t is t + n_vocab) and x_cond [zeros for the lyrics ; timing];
+- ``prior``: the ``Autoregressive`` model.
+
+Methods (use with ``module.apply({'params': p}, ..., method=JukeboxPrior.<name>)``):
+
+- ``condition(y, upper) -> {'x_cond', 'y_cond', 'encoder_kv', 'prime'}`` (absent parts are None;
+  ``prime`` = the lyric tokens of y, int32 [B, n_tokens]);
+- ``__call__(tokens, y, upper, return_attn=False) -> logits`` = the original ``z_forward`` logits:
+  tokens int [B, T] music codes of this level; for 'single' the logits cover [lyrics ; music]
+  positions and the joint vocabulary, [B, n_tokens + T, n_vocab + bins];
+- ``loss(tokens, y, upper) -> (loss, {'bpd', 'prime_loss', 'gen_loss'})`` exactly as the original;
+- ``init_cache(batch, dtype)`` (plain method, no params) and ``decode(inputs, start, cache,
+  x_cond, y_cond, encoder_kv) -> (logits, cache)``: pass-throughs to ``Autoregressive`` (for 'single'
+  they work on joint positions and tokens: see ``joint_tokens`` / ``music_from_joint``).
+
+y is the original label layout (total_length, offset, sample_length, artist, genre x
+max_bow_genre_size, lyric tokens x n_tokens); upper int [B, n_ctx / cond_downsample].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import PriorConfig
+from ..errors import JukeboxError
+from .autoregressive import Autoregressive
+from .conditioners import LabelConditioner, UpperConditioner, layer_norm
+
+__all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits"]
+
+Array = jax.Array
+
+
+class PriorCallError(JukeboxError, ValueError):
+    """A prior called without the inputs its config needs (y, upper)."""
+
+
+def joint_tokens(config: PriorConfig, prime: Array, music: Array) -> Array:
+    """[lyrics ; music + n_vocab] for a single encoder-decoder prior (original ``prior_preprocess``)."""
+    return jnp.concatenate([prime.astype(jnp.int32), music.astype(jnp.int32) + config.n_vocab], axis=1)
+
+
+def music_from_joint(config: PriorConfig, joint: Array) -> Array:
+    """Music tokens back from joint ones (original ``prior_postprocess``): drop the lyric positions,
+    subtract the shift and clamp at 0 (a sampled lyric id becomes music token 0, as the original)."""
+    return jnp.maximum(joint[:, config.n_tokens :] - config.n_vocab, 0)
+
+
+def cross_entropy_bits(logits: Array, targets: Array) -> Array:
+    """Mean cross-entropy in bits (the original ``F.cross_entropy(...) / ln 2``), in float32."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return nll.mean() / np.float32(np.log(2.0))
+
+
+class JukeboxPrior(nn.Module):
+    """One level's prior: conditioners, optional lyric encoder, and the autoregressive model."""
+
+    config: PriorConfig
+    dtype: Any = jnp.float32  # the transformers' activation dtype (float16/bfloat16 = the original's fp16 mode)
+    param_dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        c = self.config
+        if c.is_upsampler:
+            self.upper_conditioner = UpperConditioner(c)
+        if c.labels:
+            self.label_conditioner = LabelConditioner(c)
+        if c.lyrics == "separate":
+            enc = c.encoder
+            self.lyric_encoder = Autoregressive.lyric_encoder(enc, c.n_tokens, c.n_vocab, self.dtype, self.param_dtype)
+            self.lyric_proj = nn.Dense(
+                c.width, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02 * enc.init_scale),
+                param_dtype=self.param_dtype,
+            )
+            self.lyric_ln = layer_norm()
+            self.lyric_head = nn.Dense(
+                c.n_vocab, use_bias=False, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02 * c.init_scale),
+                param_dtype=self.param_dtype,
+            )
+        self.prior = Autoregressive.from_prior_config(c, self.dtype, self.param_dtype)
+
+    # -- conditioning --------------------------------------------------------------------------
+    def encode_lyrics(self, prime: Array) -> Array:
+        """encoder_kv [B, n_tokens, W] of a separate lyric encoder (original ``get_encoder_kv``), float32."""
+        acts = self.lyric_encoder(prime.astype(jnp.int32)).astype(jnp.float32)
+        return self.lyric_ln(self.lyric_proj(acts))
+
+    def condition(self, y: Optional[Array] = None, upper: Optional[Array] = None) -> dict[str, Optional[Array]]:
+        """x_cond, y_cond, encoder_kv and the lyric tokens ``prime`` (original ``get_cond`` + ``get_encoder_kv``)."""
+        c = self.config
+        x_cond = y_cond = encoder_kv = prime = timing = None
+        if c.labels:
+            if y is None or y.ndim != 2 or y.shape[1] != c.y_length:
+                got = None if y is None else tuple(y.shape)
+                raise PriorCallError(f"this prior needs y of shape [batch, {c.y_length}], got {got}")
+            n_labels = 4 + c.max_bow_genre_size
+            y = y.astype(jnp.int32)
+            y_cond, timing = self.label_conditioner(y[:, :n_labels])
+            if c.lyrics != "none":
+                prime = y[:, n_labels:]
+        if c.is_upsampler:
+            want = c.n_ctx // c.cond_downsample
+            if upper is None or upper.ndim != 2 or upper.shape[1] != want:
+                got = None if upper is None else tuple(upper.shape)
+                raise PriorCallError(f"this upsampler needs upper codes of shape [batch, {want}], got {got}")
+            x_cond = self.upper_conditioner(upper.astype(jnp.int32))
+        else:
+            x_cond = timing
+        if c.lyrics == "separate":
+            encoder_kv = self.encode_lyrics(prime)
+        elif c.lyrics == "single" and x_cond is not None:
+            lyric_part = jnp.zeros((x_cond.shape[0], c.n_tokens, c.width), x_cond.dtype)
+            x_cond = jnp.concatenate([lyric_part, x_cond], axis=1)
+        return {"x_cond": x_cond, "y_cond": y_cond, "encoder_kv": encoder_kv, "prime": prime}
+
+    # -- teacher forcing -------------------------------------------------------------------------
+    def _forward(self, tokens: Array, y: Optional[Array], upper: Optional[Array], return_attn: bool):
+        c = self.config
+        cond = self.condition(y, upper)
+        tokens = tokens.astype(jnp.int32)
+        if c.lyrics == "single":
+            tokens = joint_tokens(c, cond["prime"], tokens)
+        x_cond = cond["x_cond"]
+        if x_cond is not None and x_cond.shape[1] != tokens.shape[1]:
+            x_cond = x_cond[:, : tokens.shape[1]]  # shorter than a full window (T < n_ctx)
+        out = self.prior(tokens, x_cond, cond["y_cond"], cond["encoder_kv"], return_attn)
+        return out, tokens, cond
+
+    def __call__(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None,
+                 return_attn: bool = False):
+        """float32 logits [B, T, bins] (joint positions/vocabulary for 'single'); with ``return_attn``
+        (logits, {layer: attention weights})."""
+        out, _, _ = self._forward(tokens, y, upper, return_attn)
+        return out
+
+    def loss(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None):
+        """(loss, metrics) as the original ``z_forward``: gen_loss (bits/token over music), prime_loss
+        (lyrics: the encoder's lm head for 'separate', the lyric positions for 'single'), and
+        loss = f * prime_loss * P / (P + N) + gen_loss * N / (P + N), f = prime_loss_fraction,
+        P = n_tokens (0 without lyrics), N = n_ctx. metrics: bpd (= gen_loss), prime_loss, gen_loss."""
+        c = self.config
+        logits, targets, cond = self._forward(tokens, y, upper, False)
+        prime_loss = jnp.float32(0.0)
+        if c.lyrics == "single":
+            prime_loss = cross_entropy_bits(logits[:, : c.n_tokens], targets[:, : c.n_tokens])
+            gen_loss = cross_entropy_bits(logits[:, c.n_tokens :], targets[:, c.n_tokens :])
+        else:
+            gen_loss = cross_entropy_bits(logits, targets)
+            if c.lyrics == "separate":
+                prime_loss = cross_entropy_bits(self.lyric_head(cond["encoder_kv"]), cond["prime"])
+        prime_dims = c.n_tokens if c.lyrics != "none" else 0
+        total = prime_dims + c.n_ctx
+        loss = c.prime_loss_fraction * prime_loss * prime_dims / total + gen_loss * c.n_ctx / total
+        return loss, {"bpd": gen_loss, "prime_loss": prime_loss, "gen_loss": gen_loss}
+
+    # -- incremental decoding (pass-throughs) ---------------------------------------------------
+    @nn.nowrap
+    def autoregressive(self) -> Autoregressive:
+        """The (unbound) autoregressive model of this prior."""
+        return Autoregressive.from_prior_config(self.config, self.dtype, self.param_dtype)
+
+    @nn.nowrap
+    def init_cache(self, batch: int, dtype: Any = None) -> dict:
+        """Zero KV caches for ``decode`` (a plain method: no params needed)."""
+        return self.autoregressive().init_cache(batch, dtype or self.dtype)
+
+    def decode(self, inputs: Array, start: Array, cache: dict, x_cond: Optional[Array] = None,
+               y_cond: Optional[Array] = None, encoder_kv: Optional[Array] = None) -> tuple[Array, dict]:
+        """``Autoregressive.decode`` with this prior's params; pass the tensors of ``condition``
+        (x_cond full length: [B, total_ctx, W])."""
+        return self.prior.decode(inputs, start, cache, x_cond, y_cond, encoder_kv)

@@ -1,0 +1,148 @@
+"""Windows of one level: where they start, what each one conditions on, how many tokens it adds.
+
+A song longer than a prior's context (``n_ctx`` tokens) is sampled window by window, as in the
+original ``sample.py``: windows of ``n_ctx`` tokens advance by ``hop = int(hop_fraction * n_ctx)``
+(the last one right-aligned), each re-primes with the tokens already sampled inside it and samples
+only its new tail. Every window gets its own label vector (offset, sample length, lyric window) and,
+for upsamplers, its own slice of the codes of the level above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import SamplingError
+
+
+def get_starts(total_length: int, n_ctx: int, hop_length: int) -> list[int]:
+    """Window starts (tokens) covering ``total_length`` tokens, as the original ``get_starts``.
+
+    Starts advance by ``hop_length``; a window that would reach the end is moved back so that it
+    ends exactly at ``total_length`` (full context for the last window).
+    """
+    starts = []
+    for start in range(0, total_length - n_ctx + hop_length, hop_length):
+        if start + n_ctx >= total_length:
+            start = total_length - n_ctx
+        starts.append(start)
+    return starts
+
+
+@dataclass(frozen=True)
+class Window:
+    """One prior call: tokens ``[start, start + sample_tokens)``, of which the first ``n_prime``
+    already exist (the prime) and the rest are new."""
+
+    start: int
+    sample_tokens: int
+    n_prime: int
+
+    @property
+    def n_new(self) -> int:
+        return self.sample_tokens - self.n_prime
+
+    @property
+    def end(self) -> int:
+        return self.start + self.sample_tokens
+
+
+def plan_window(start: int, n_ctx: int, current_tokens: int, sample_tokens: Optional[int] = None) -> Window:
+    """The original ``sample_single_window``: prime with what exists in ``[start, start + n_ctx)``."""
+    sample_tokens = n_ctx if sample_tokens is None else sample_tokens
+    n_prime = max(0, min(current_tokens, start + n_ctx) - start)
+    return Window(start=start, sample_tokens=sample_tokens, n_prime=n_prime)
+
+
+def partial_window(current_tokens: int, n_ctx: int, tokens_to_sample: int) -> Window:
+    """The original ``sample_partial_window``: add ``tokens_to_sample`` tokens with a window shorter
+    than ``n_ctx`` (a level whose whole length is below one context)."""
+    if current_tokens < n_ctx - tokens_to_sample:
+        return plan_window(0, n_ctx, current_tokens, sample_tokens=current_tokens + tokens_to_sample)
+    return plan_window(current_tokens - n_ctx + tokens_to_sample, n_ctx, current_tokens, sample_tokens=n_ctx)
+
+
+def level_windows(total_tokens: int, current_tokens: int, n_ctx: int, hop_length: int) -> list[Window]:
+    """Every window still to sample to bring a level from ``current_tokens`` to ``total_tokens``.
+
+    Windows already covered by existing tokens (a prompt, or a resumed run) are left out. A level
+    shorter than one context gets one partial window that adds exactly the missing tokens (the
+    original adds ``total_tokens`` more, which overshoots when some tokens exist already).
+    """
+    if current_tokens >= total_tokens:
+        return []
+    if total_tokens < n_ctx:
+        return [partial_window(current_tokens, n_ctx, total_tokens - current_tokens)]
+    windows = []
+    for start in get_starts(total_tokens, n_ctx, hop_length):
+        # windows are sampled in order, so the level holds everything up to the previous window's end
+        have = max([current_tokens] + [w.end for w in windows])
+        window = plan_window(start, n_ctx, have)
+        if window.n_new > 0:
+            windows.append(window)
+    return windows
+
+
+def upper_codes(z_upper: np.ndarray, start: int, n_ctx: int, cond_downsample: int) -> np.ndarray:
+    """The codes of the level above that condition the window ``[start, start + n_ctx)``.
+
+    The original ``get_z_conds`` slice ``[start // d, (start + n_ctx) // d]``; the Hugging Face port
+    passes the whole upper sequence instead, which is wrong beyond one window.
+    """
+    end = start + n_ctx
+    if start % cond_downsample or end % cond_downsample:
+        raise SamplingError(f"window [{start}, {end}) is not aligned to the upper level (x{cond_downsample})")
+    z = z_upper[:, start // cond_downsample : end // cond_downsample]
+    if z.shape[1] != n_ctx // cond_downsample:
+        raise SamplingError(
+            f"upsampling needs the level above to cover the window [{start}, {end}): it has "
+            f"{z_upper.shape[1]} codes, the window needs up to {end // cond_downsample}"
+        )
+    return z
+
+
+def relevant_lyric_tokens(full_tokens: Sequence[int], n_tokens: int, total_length, offset, duration,
+                          float32: bool = False) -> tuple[list[int], list[int]]:
+    """The ``n_tokens`` lyric characters linearly aligned with ``[offset, offset + duration)`` of a
+    song of ``total_length`` samples, and their indices (-1 = left padding), as the original.
+
+    ``float32=True`` reproduces the per-window re-selection during sampling, where the original
+    computes the midpoint from int64 tensors (so in float32); the Labeller uses Python floats.
+    """
+    full_tokens = list(full_tokens)
+    if len(full_tokens) < n_tokens:
+        pad = n_tokens - len(full_tokens)
+        return [0] * pad + full_tokens, [-1] * pad + list(range(len(full_tokens)))
+    if not 0 <= offset < total_length:
+        raise SamplingError(f"window offset {offset} is outside the song (total_length {total_length} samples)")
+    if float32:
+        f = np.float32
+        mid = f(len(full_tokens)) * (f(offset) + f(duration) / f(2.0)) / f(total_length)
+    else:
+        mid = len(full_tokens) * (offset + duration / 2.0) / total_length
+    midpoint = min(max(int(mid), n_tokens // 2), len(full_tokens) - n_tokens // 2)
+    indices = list(range(midpoint - n_tokens // 2, midpoint + n_tokens // 2))
+    return [full_tokens[i] for i in indices], indices
+
+
+def window_y(base_y: np.ndarray, start: int, hop_length: int, sample_length: int, n_tokens: int = 0,
+             full_tokens: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """The label vector of the window starting at token ``start``, as the original ``get_y``.
+
+    ``base_y [B, Y]`` is the song's labels (offset of the song's first sample in y[:, 1]); the window
+    gets sample_length = this prior's window in samples, offset += start * hop_length and, with
+    lyrics, the lyric characters aligned with the window (from ``full_tokens[b]``, the whole lyrics).
+    """
+    y = np.array(base_y, dtype=np.int64, copy=True)
+    y[:, 2] = sample_length
+    y[:, 1] += start * hop_length
+    if n_tokens > 0:
+        if full_tokens is None or len(full_tokens) != y.shape[0]:
+            raise SamplingError("lyric windows need the full lyric tokens of every sample")
+        for b in range(y.shape[0]):
+            tokens, _ = relevant_lyric_tokens(full_tokens[b], n_tokens, int(y[b, 0]), int(y[b, 1]),
+                                              int(y[b, 2]), float32=True)
+            y[b, -n_tokens:] = tokens
+    return y

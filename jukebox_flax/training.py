@@ -1,0 +1,569 @@
+"""Training and fine-tuning: optimizer, checkpoints with resume, metrics, and the two tasks.
+
+The loop is generic over a :class:`Task`:
+
+* ``task.init(key, first_batch) -> state`` builds the training state (any pytree: params,
+  optimizer state, EMA codebooks ...);
+* ``task.step(state, batch, key) -> (state, metrics)`` is one (jitted) update;
+* ``task.params(state)`` is the param tree a model directory stores.
+
+:func:`train` runs ``steps`` updates on ``batch_at(i)`` (batch number ``i``: a pure function of
+``i``, so the data position is just the step), with the key ``fold_in(PRNGKey(seed), i)``, saving an
+Orbax checkpoint (state + step + data position) every ``checkpoint_every`` steps. Killed at any
+point, the same call resumes from the latest complete checkpoint and continues exactly as an
+uninterrupted run would. Metrics (averaged over ``log_every`` steps) go to stdout and
+``OUT/metrics.csv``; a tqdm bar shows progress.
+
+:func:`vqvae_task` trains a VQ-VAE (the original loss, EMA codebooks with random restarts;
+``jukebox_flax.vqvae.train``); :func:`prior_task` trains one prior level on codes of a frozen
+VQ-VAE computed on the fly, as the original. Both start from scratch or from a model directory
+(fine-tuning); :func:`export_model` writes the result as a model directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .errors import JukeboxError
+
+__all__ = [
+    "TrainingError",
+    "OptimConfig",
+    "make_schedule",
+    "make_optimizer",
+    "TrainCheckpoints",
+    "MetricsLog",
+    "Task",
+    "train",
+    "GradState",
+    "gradient_task",
+    "vqvae_task",
+    "prior_task",
+    "data_bandwidth",
+    "load_component",
+    "export_model",
+    "add_training_args",
+    "optim_from_args",
+    "config_from_args",
+    "run_script",
+]
+
+PathLike = Union[str, os.PathLike]
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.csv"
+
+
+class TrainingError(JukeboxError, ValueError):
+    """Inconsistent training settings (shapes, sizes, model directories)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, optional linear decay, global-norm clipping (the original's Adam:
+    lr 3e-4, betas (0.9, 0.999), eps 1e-8, warm-up 100 steps, clipping at norm 1)."""
+
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    decay_steps: int = 0  # > 0: decay linearly to lr * final_lr_fraction over this many steps after warm-up
+    final_lr_fraction: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip: float = 1.0  # global gradient norm; <= 0 disables clipping
+
+
+def make_schedule(cfg: OptimConfig) -> optax.Schedule:
+    """The learning rate per step: 0 -> lr over ``warmup_steps``, then constant or linear decay."""
+    warmup = optax.linear_schedule(0.0, cfg.lr, max(1, cfg.warmup_steps))
+    if cfg.decay_steps <= 0:
+        return warmup
+    decay = optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.decay_steps)
+    return optax.join_schedules([warmup, decay], [max(1, cfg.warmup_steps)])
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """Clipping by global norm, then AdamW on the schedule of :func:`make_schedule`."""
+    adam = optax.adamw(make_schedule(cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip > 0 else adam
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints (every Orbax call of the training loop is here)
+
+
+class TrainCheckpoints:
+    """Orbax ``CheckpointManager`` over ``directory``: the state pytree plus a JSON ``meta`` dict
+    (step, data position, anything the task adds). Saves are asynchronous; a save cut short by a
+    kill is never listed, so :meth:`latest_step` is always a complete checkpoint."""
+
+    def __init__(self, directory: PathLike, keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        ocp = self._ocp
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta)))
+        self.manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """The state saved at ``step``, with the structure, shapes and dtypes of ``like``."""
+        ocp = self._ocp
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        restored = self.manager.restore(step, args=args)
+        return restored.state, dict(restored.meta)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+
+
+class MetricsLog:
+    """Scalar metrics averaged over each logging interval, to stdout and a CSV file.
+
+    On resume the CSV keeps the rows up to the restored step (rows written after the last
+    checkpoint by a killed run are replayed, not duplicated).
+    """
+
+    def __init__(self, path: PathLike, resume_step: int = 0, echo: Callable[[str], None] = print):
+        self.path = Path(path)
+        self.echo = echo
+        self.columns: Optional[list[str]] = None
+        self._pending: dict[str, list] = {}
+        self._start = time.time()
+        rows: list[list[str]] = []
+        if self.path.is_file() and resume_step > 0:
+            with open(self.path, newline="") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header:
+                    self.columns = header
+                    rows = [r for r in reader if r and int(r[0]) <= resume_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", newline="")
+        self._writer = csv.writer(self._file)
+        if self.columns:
+            self._writer.writerow(self.columns)
+            self._writer.writerows(rows)
+            self._file.flush()
+
+    def add(self, metrics: Mapping[str, Any]) -> None:
+        """Keep one step's metrics (device arrays are only fetched at :meth:`write`)."""
+        for name, value in metrics.items():
+            if np.ndim(value) == 0:
+                self._pending.setdefault(name, []).append(value)
+
+    def write(self, step: int, extra: Optional[Mapping[str, float]] = None) -> dict[str, float]:
+        """Average what was added since the last write and log it under ``step``."""
+        values = {name: float(np.mean(jax.device_get(v))) for name, v in self._pending.items()}
+        values.update(extra or {})
+        self._pending = {}
+        if not values:
+            return values
+        if self.columns is None:
+            self.columns = ["step", "seconds"] + sorted(values)
+            self._writer.writerow(self.columns)
+        row = {"step": step, "seconds": round(time.time() - self._start, 3), **values}
+        self._writer.writerow([_csv_value(row.get(c, "")) for c in self.columns])
+        self._file.flush()
+        shown = " | ".join(f"{k} {_fmt(values[k])}" for k in _display_order(values))
+        self.echo(f"step {step} | {shown}")
+        return values
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _csv_value(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _display_order(values: Mapping[str, float]) -> list[str]:
+    first = [k for k in ("loss", "lr") if k in values]
+    return first + sorted(k for k in values if k not in first)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class Task:
+    """What :func:`train` trains: see the module docstring. ``meta`` is stored with every
+    checkpoint (JSON); ``schedule`` (optional) is logged as ``lr``."""
+
+    init: Callable[[jax.Array, Any], Any]
+    step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
+    params: Callable[[Any], Any]
+    meta: dict = field(default_factory=dict)
+    schedule: Optional[optax.Schedule] = None
+
+
+def train(
+    task: Task,
+    batch_at: Callable[[int], Any],
+    steps: int,
+    out_dir: PathLike,
+    *,
+    seed: int = 0,
+    checkpoint_every: int = 1000,
+    keep_checkpoints: int = 3,
+    log_every: int = 10,
+    resume: bool = True,
+    progress: bool = True,
+    after_step: Optional[Callable[[int, Any], None]] = None,
+) -> tuple[Any, int]:
+    """Train ``task`` up to ``steps`` total steps; returns (state, steps done).
+
+    Writes ``out_dir/checkpoints/<step>/`` and ``out_dir/metrics.csv``. With ``resume`` (default)
+    a run restarts from the latest checkpoint in ``out_dir``; ``resume=False`` refuses to touch an
+    existing one. A Ctrl-C saves a checkpoint before stopping. ``after_step(step, state)`` (optional)
+    runs after every step, its logging and checkpointing (e.g. evaluation hooks).
+    """
+    from tqdm import tqdm
+
+    if steps < 0 or checkpoint_every < 1 or log_every < 1:
+        raise TrainingError("steps must be >= 0, checkpoint_every and log_every >= 1")
+    out_dir = Path(out_dir)
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
+    checkpoints = TrainCheckpoints(out_dir / CHECKPOINT_DIR, keep=keep_checkpoints)
+    latest = checkpoints.latest_step()
+    if latest is not None and not resume:
+        checkpoints.close()
+        raise TrainingError(f"{out_dir} already holds checkpoints (latest step {latest}); resume or pick another --out")
+
+    state = task.init(init_key, batch_at(0))
+    start = 0
+    if latest is not None:
+        state, meta = checkpoints.restore(latest, state)
+        start = int(meta["data_position"])
+        print(f"resumed from {checkpoints.directory / str(latest)} (step {meta['step']})")
+    log = MetricsLog(out_dir / METRICS_FILE, resume_step=start, echo=tqdm.write)
+    meta = dict(task.meta, seed=seed)
+
+    saved = start
+
+    def save(step: int) -> None:
+        nonlocal saved
+        checkpoints.save(step, state, dict(meta, step=step, data_position=step))
+        saved = step
+
+    step = start
+    bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    try:
+        while step < steps:
+            state, metrics = task.step(state, batch_at(step), jax.random.fold_in(step_key, step))
+            step += 1
+            log.add(metrics)
+            bar.update(1)
+            if step % log_every == 0 or step == steps:
+                extra = {"lr": float(task.schedule(step - 1))} if task.schedule is not None else None
+                values = log.write(step, extra)
+                if "loss" in values:
+                    bar.set_postfix(loss=f"{values['loss']:.4g}")
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise TrainingError(f"non-finite metrics at step {step}: {values}")
+            if step % checkpoint_every == 0 or step == steps:
+                save(step)
+            if after_step is not None:
+                after_step(step, state)
+    except KeyboardInterrupt:
+        if saved != step:
+            save(step)
+            print(f"\ninterrupted: saved step {step}; run the same command again to resume")
+        raise
+    finally:
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        log.close()
+    return state, step
+
+
+# ------------------------------------------------------------------------------------------------
+# Tasks
+
+
+class GradState(NamedTuple):
+    """Params trained by gradients and their optimizer state."""
+
+    params: Any
+    opt_state: Any
+
+
+def gradient_task(
+    init_params: Callable[[jax.Array, Any], Any],
+    loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]],
+    optim: OptimConfig,
+    prepare: Callable[[Any], Any] = lambda batch: batch,
+    meta: Optional[dict] = None,
+) -> Task:
+    """A task for any model trained by gradients alone.
+
+    ``init_params(key, first_batch)`` gives the initial params; ``loss_fn(params, inputs, key) ->
+    (loss, metrics)`` is differentiated; ``prepare(batch)`` turns a data batch into the jit inputs
+    (arrays only). The step is jitted once.
+    """
+    optimizer = make_optimizer(optim)
+
+    def init(key: jax.Array, batch: Any) -> GradState:
+        params = init_params(key, batch)
+        return GradState(params, optimizer.init(params))
+
+    @jax.jit
+    def update(state: GradState, inputs: Any, key: jax.Array) -> tuple[GradState, dict]:
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, inputs, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return GradState(params, opt_state), dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+    return Task(
+        init=init,
+        step=lambda state, batch, key: update(state, prepare(batch), key),
+        params=lambda state: state.params,
+        meta=dict(meta or {}),
+        schedule=make_schedule(optim),
+    )
+
+
+def vqvae_task(
+    config: Any,
+    optim: OptimConfig,
+    *,
+    init_params: Optional[Mapping] = None,
+    bandwidth: Optional[Mapping[str, float]] = None,
+    tokens_per_batch: Optional[int] = None,
+) -> Task:
+    """Train a VQ-VAE (``VQVAEConfig``) on batches of audio.
+
+    From scratch (``init_params=None``) the codebooks start from the first batch's latents (the
+    original ``init_k``); from ``init_params`` (fine-tuning) they are kept and their EMA counts
+    set to ``tokens_per_batch / hop_L / bins`` per level (the original ``restore_k``;
+    ``tokens_per_batch`` = batch size x crop samples). ``bandwidth``: the dataset statistics that
+    scale the losses (``data_bandwidth``).
+    """
+    from .vqvae import bottleneck as bn
+    from .vqvae.api import init_vqvae_params
+    from .vqvae.train import init_train_state, make_train_step
+
+    if bandwidth is None:
+        raise TrainingError("vqvae_task needs the dataset bandwidth (see data_bandwidth)")
+    optimizer = make_optimizer(optim)
+    step_fn = make_train_step(config, optimizer, bandwidth)
+
+    def init(key: jax.Array, batch: Any) -> Any:
+        init_key, code_key = jax.random.split(key)
+        if init_params is None:
+            params = init_vqvae_params(config, init_key)
+            return init_train_state(config, params, optimizer, code_key, x=jnp.asarray(batch.audio))
+        state = init_train_state(config, init_params, optimizer, code_key)
+        samples = tokens_per_batch or batch.audio.shape[0] * batch.audio.shape[1]
+        ema = tuple(bn.restore_ema_state(k, samples // hop) for k, hop in zip(state.codebooks, config.hop_lengths))
+        return state._replace(ema=ema)
+
+    return Task(
+        init=init,
+        step=lambda state, batch, key: step_fn(state, jnp.asarray(batch.audio), key),
+        params=lambda state: state.params,
+        meta={"bandwidth": dict(bandwidth)},
+        schedule=make_schedule(optim),
+    )
+
+
+def data_bandwidth(dataset: Any, examples: int = 32, seed: int = 0) -> dict[str, float]:
+    """The original ``calculate_bandwidth`` over ``examples`` random crops of ``dataset``."""
+    from .vqvae.losses import estimate_bandwidth
+
+    return estimate_bandwidth(dataset.batch(0, examples, seed=seed + 7919).audio)
+
+
+def prior_task(
+    config: Any,
+    optim: OptimConfig,
+    vqvae: Any,
+    *,
+    init_params: Optional[Mapping] = None,
+) -> Task:
+    """Train one prior level (``PriorConfig``) on batches of audio and labels.
+
+    ``vqvae``: a loaded :class:`jukebox_flax.vqvae.api.VQVAE` (frozen). Every step encodes the
+    batch's audio, takes the codes of ``config.level`` as tokens and, for an upsampler, those of the
+    level above as ``upper`` (the original ``SimplePrior.forward``), and minimises the prior's loss
+    (``JukeboxPrior.loss``: bits per token, plus the lyric loss of lyric models).
+    """
+    from .prior.api import init_prior_params
+    from .prior.conditioners import check_labels
+    from .prior.prior import JukeboxPrior
+    from .vqvae.vqvae import VQVAEModule
+
+    vq_config = vqvae.config
+    if tuple(vq_config.downs_t) != tuple(config.downs_t) or tuple(vq_config.strides_t) != tuple(config.strides_t):
+        raise TrainingError("the prior's downs_t/strides_t differ from the VQ-VAE's")
+    if vq_config.l_bins != config.bins:
+        raise TrainingError(f"the prior has {config.bins} bins, the VQ-VAE {vq_config.l_bins}")
+    module = JukeboxPrior(config)
+    vq_module = VQVAEModule(vq_config)
+    vq_params = vqvae.params
+
+    def loss_fn(params: Any, inputs: tuple, key: jax.Array) -> tuple[jax.Array, dict]:
+        audio, y = inputs
+        codes = vq_module.apply({"params": vq_params}, audio, method=VQVAEModule.encode)
+        tokens = codes[config.level]
+        upper = codes[config.level + 1] if config.is_upsampler else None
+        return module.apply({"params": params}, tokens, y, upper, method=JukeboxPrior.loss)
+
+    def prepare(batch: Any) -> tuple:
+        if batch.audio.shape[1] != config.sample_length:
+            raise TrainingError(f"crops have {batch.audio.shape[1]} samples; this prior takes {config.sample_length}")
+        if config.labels and batch.y is None:
+            raise TrainingError("this prior takes labels: build the dataset with a labeller")
+        if config.labels:
+            check_labels(batch.y, config)  # inside jit a bad id would silently give NaNs
+        y = jnp.asarray(batch.y) if config.labels else None
+        return jnp.asarray(batch.audio), y
+
+    def init(key: jax.Array, batch: Any) -> Any:
+        return init_prior_params(config, key) if init_params is None else init_params
+
+    return gradient_task(init, loss_fn, optim, prepare=prepare)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model directories
+
+
+def load_component(path: PathLike, component: str) -> tuple[Any, Any, Optional[dict]]:
+    """(params, config, vocab) of ``component`` ('vqvae' or 'prior_level_L') in a model directory
+    (the component's own directory or a whole model), checked against the config's param tree."""
+    from .checkpoint import component_dir, load_config, load_params, load_vocab
+    from .config import PriorConfig, VQVAEConfig
+
+    path = component_dir(path, component)
+    config = load_config(path)
+    if component == "vqvae":
+        if not isinstance(config, VQVAEConfig):
+            raise TrainingError(f"{path} holds a {type(config).__name__}, not a VQ-VAE")
+        from .vqvae.api import _abstract_params
+
+        expected = _abstract_params(config)
+    else:
+        if not isinstance(config, PriorConfig):
+            raise TrainingError(f"{path} holds a {type(config).__name__}, not a prior")
+        from .prior.api import abstract_prior_params
+
+        expected = abstract_prior_params(config)
+    params = load_params(path, dtype=jnp.float32, expected=expected)
+    return params, config, load_vocab(path)
+
+
+def export_model(path: PathLike, params: Any, config: Any, vocab: Optional[dict] = None) -> Path:
+    """Write the trained params as a model directory (replacing an older export)."""
+    from .checkpoint import save_model_dir
+
+    host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+    return save_model_dir(path, host, config, vocab, overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command-line helpers shared by scripts/train_vqvae.py and scripts/train_prior.py
+
+
+def add_training_args(parser: Any) -> None:
+    """The options every training script takes (data, output, schedule, optimizer, checkpoints)."""
+    g = parser.add_argument_group("data and output")
+    g.add_argument("--data", required=True, help="folder of audio files (with metadata.csv or metadata.jsonl)")
+    g.add_argument("--metadata", help="metadata file (CSV or JSONL: file, artist, genre, lyrics)")
+    g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.csv, model/ (the export)")
+    g = parser.add_argument_group("model (one of)")
+    g.add_argument("--config", help="a config JSON file (as in a model directory's config.json)")
+    g.add_argument("--preset", help="a released configuration by name (see jukebox_flax.config.PRESETS)")
+    g.add_argument("--init-from", help="fine-tune: a model directory (config and params from there)")
+    g = parser.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=10000, help="total steps (a resumed run continues to this)")
+    g.add_argument("--batch", type=int, default=4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    g.add_argument("--decay-steps", type=int, default=0, help="linear decay to 0 over this many steps after warm-up")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--b2", type=float, default=0.999)
+    g.add_argument("--clip", type=float, default=1.0, help="global gradient norm (0: no clipping)")
+    g.add_argument("--checkpoint-every", type=int, default=500)
+    g.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def optim_from_args(args: Any) -> OptimConfig:
+    return OptimConfig(lr=args.lr, warmup_steps=args.warmup, decay_steps=args.decay_steps, b2=args.b2,
+                       weight_decay=args.weight_decay, clip=args.clip)
+
+
+def config_from_args(args: Any, kind: type) -> Any:
+    """The config chosen by exactly one of --config / --preset (--init-from is handled by the caller)."""
+    import json
+
+    from .config import config_from_dict, preset
+
+    chosen = [name for name in ("config", "preset", "init_from") if getattr(args, name)]
+    if len(chosen) != 1:
+        raise TrainingError("pass exactly one of --config, --preset and --init-from")
+    if args.config:
+        try:
+            config = config_from_dict(json.loads(Path(args.config).read_text()))
+        except FileNotFoundError:
+            raise TrainingError(f"config file not found: {args.config}") from None
+        except json.JSONDecodeError as e:
+            raise TrainingError(f"{args.config} is not valid JSON: {e}") from None
+    else:
+        config = preset(args.preset)
+    if not isinstance(config, kind):
+        raise TrainingError(f"the chosen config is a {type(config).__name__}, this script trains a {kind.__name__}")
+    return config
+
+
+def run_script(main: Callable[[], Any]) -> int:
+    """Run a script's ``main``: a user error is one line on stderr and exit status 2."""
+    import sys
+
+    try:
+        main()
+    except JukeboxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,226 @@
+"""The public VQ-VAE: ``load_vqvae(DIR)`` -> :class:`VQVAE` with ``encode`` / ``decode``.
+
+Also the ``jukebox-flax encode`` / ``decode`` commands (:func:`encode_file`, :func:`decode_file`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..checkpoint import component_dir, load_config, load_params
+from ..config import VQVAEConfig
+from ..errors import JukeboxError
+from .chunked import decode_chunked, encode_chunked
+from .vqvae import VQVAEModule
+
+__all__ = [
+    "VQVAEInputError",
+    "VQVAE",
+    "load_vqvae",
+    "init_vqvae_params",
+    "vqvae_param_shapes",
+    "count_params",
+    "encode_file",
+    "decode_file",
+]
+
+PathLike = Union[str, os.PathLike]
+
+# Longer inputs are processed in windows (bounded memory); ~24 s of audio per window.
+DEFAULT_CHUNK_SAMPLES = 1 << 20
+
+
+class VQVAEInputError(JukeboxError, ValueError):
+    """Audio or codes with the wrong shape, length or level."""
+
+
+def init_vqvae_params(config: VQVAEConfig, key: jax.Array) -> dict:
+    """Freshly initialised params (PyTorch's default conv init; zero codebooks, as the original)."""
+    x = jnp.zeros((1, config.hop_length, config.input_channels), jnp.float32)
+    return VQVAEModule(config).init(key, x)["params"]
+
+
+def _abstract_params(config: VQVAEConfig) -> Any:
+    return jax.eval_shape(lambda: init_vqvae_params(config, jax.random.PRNGKey(0)))
+
+
+def vqvae_param_shapes(config: VQVAEConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """``{path: shape}`` of every param (codebooks included), without allocating memory."""
+    flat = jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]
+    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def count_params(params: Any, include_codebooks: bool = False) -> int:
+    """Number of trainable parameters (the released VQ-VAE has 1,485,763); codebooks on request."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not include_codebooks and getattr(path[-1], "key", None) == "k":
+            continue
+        total += int(np.prod(leaf.shape))
+    return total
+
+
+@lru_cache(maxsize=8)
+def _compiled(config: VQVAEConfig) -> tuple[Any, Any]:
+    """jitted encode / decode shared by every VQVAE object of one config (jax caches per shape)."""
+    module = VQVAEModule(config)
+    encode = jax.jit(partial(module.apply, method=VQVAEModule.encode))
+    decode = jax.jit(partial(module.apply, method=VQVAEModule.decode), static_argnames=("start_level",))
+    return encode, decode
+
+
+class VQVAE:
+    """A VQ-VAE with its params: ``encode`` audio to codes and ``decode`` codes to audio.
+
+    Compiled functions are cached by jax per input shape. Inputs longer than ``chunk_samples``
+    go through windows that respect the receptive field, so the result equals the whole pass.
+    """
+
+    def __init__(self, config: VQVAEConfig, params: Any, chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+                 progress: bool = False):
+        self.config = config
+        self.params = params
+        self.chunk_samples = chunk_samples
+        self.progress = progress
+        self.module = VQVAEModule(config)
+        self._encode, self._decode = _compiled(config)
+
+    @property
+    def hop_lengths(self) -> tuple[int, ...]:
+        return self.config.hop_lengths
+
+    @property
+    def dtype(self) -> Any:
+        return jax.tree_util.tree_leaves(self.params)[0].dtype
+
+    def _check_audio(self, audio: Any) -> np.ndarray | jax.Array:
+        shape = tuple(np.shape(audio))
+        if len(shape) != 3 or shape[-1] != self.config.input_channels:
+            raise VQVAEInputError(f"audio must be [batch, time, {self.config.input_channels}], got {shape}")
+        hop = self.config.hop_length
+        if shape[1] == 0 or shape[1] % hop:
+            raise VQVAEInputError(f"audio length {shape[1]} must be a positive multiple of {hop} samples")
+        return audio
+
+    def encode(self, audio: Any, chunk_samples: Optional[int] = None,
+               progress: Optional[bool] = None) -> list[jax.Array]:
+        """float32 audio ``[B, T, 1]`` (T a multiple of the top hop) -> codes int32 ``[B, T // hop_l]``
+        for every level, ``codes[0]`` the finest."""
+        audio = self._check_audio(audio)
+        chunk = chunk_samples or self.chunk_samples
+        run = lambda x: self._encode({"params": self.params}, jnp.asarray(x, self.dtype))
+        if audio.shape[1] <= chunk:
+            return list(run(audio))
+        codes = encode_chunked(run, np.asarray(audio), self.config, chunk,
+                               self.progress if progress is None else progress)
+        return [jnp.asarray(z) for z in codes]
+
+    def decode(self, codes: Sequence[Any], start_level: int = 0, chunk_samples: Optional[int] = None,
+               progress: Optional[bool] = None) -> jax.Array:
+        """Audio float32 ``[B, T, 1]`` from ``codes[0]``, the codes of ``start_level``.
+
+        As the original, codes of higher levels may follow in the list and are ignored.
+        """
+        if not 0 <= start_level < self.config.levels:
+            raise VQVAEInputError(f"start_level must be in 0..{self.config.levels - 1}, got {start_level}")
+        if len(codes) == 0:
+            raise VQVAEInputError("decode needs at least the codes of start_level")
+        z = codes[0]
+        if np.ndim(z) != 2:
+            raise VQVAEInputError(f"codes must be [batch, time], got shape {tuple(np.shape(z))}")
+        hop = self.config.hop_lengths[start_level]
+        chunk_tokens = max(1, (chunk_samples or self.chunk_samples) // hop)
+        run = lambda c: self._decode({"params": self.params}, [jnp.asarray(c, jnp.int32)], start_level=start_level)
+        if np.shape(z)[1] <= chunk_tokens:
+            return run(z).astype(jnp.float32)
+        audio = decode_chunked(run, np.asarray(z), self.config, start_level, chunk_tokens,
+                               self.progress if progress is None else progress)
+        return jnp.asarray(audio, jnp.float32)
+
+
+def load_vqvae(path: PathLike, dtype: Any = None, **kwargs: Any) -> VQVAE:
+    """Load a VQ-VAE from a model directory (a ``vqvae`` component or a whole model).
+
+    ``dtype`` casts the params (e.g. ``jnp.bfloat16``); codes are always chosen in float32.
+    """
+    path = component_dir(path, "vqvae")
+    config = load_config(path)
+    if not isinstance(config, VQVAEConfig):
+        raise VQVAEInputError(f"{path} holds a {type(config).__name__}, not a VQ-VAE")
+    params = load_params(path, dtype=dtype, expected=_abstract_params(config))
+    return VQVAE(config, params, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def encode_file(model_dir: PathLike, audio_path: PathLike, out_npz: PathLike) -> Path:
+    """Encode an audio file into ``out_npz`` (``level_0``, ``level_1``, ``level_2`` int32 codes).
+
+    The audio is resampled to the model's rate, mixed to mono and zero-padded at the end to a
+    multiple of the top hop; ``n_samples`` records the original length so decode can trim.
+    """
+    from ..audio import load_audio
+
+    vq = load_vqvae(model_dir, progress=True)
+    audio = np.asarray(load_audio(audio_path, sr=vq.config.sr), np.float32)
+    audio = audio.reshape(-1) if audio.ndim == 1 or 1 in audio.shape else audio.mean(axis=-1)
+    n_samples = audio.shape[0]
+    if n_samples == 0:
+        raise VQVAEInputError(f"{audio_path} holds no audio")
+    hop = vq.config.hop_length
+    padded = np.zeros((1, -(-n_samples // hop) * hop, 1), np.float32)
+    padded[0, :n_samples, 0] = audio
+    codes = vq.encode(padded)
+    out = Path(out_npz)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"level_{L}": np.asarray(z[0], np.int32) for L, z in enumerate(codes)}
+    with open(out, "wb") as f:  # an open file keeps numpy from appending '.npz' to the name
+        np.savez(f, **arrays, sr=np.int32(vq.config.sr), hop_lengths=np.asarray(vq.hop_lengths, np.int32),
+                 n_samples=np.int64(n_samples))
+    return out
+
+
+def decode_file(model_dir: PathLike, npz_path: PathLike, out_wav: PathLike) -> Path:
+    """Decode the lowest level of codes in ``npz_path`` (as written by :func:`encode_file`) to a WAV.
+
+    Codes may be ``[T]`` (one song) or ``[B, T]``; a batch writes ``OUT_0.wav``, ``OUT_1.wav``, ...
+    """
+    from ..audio import save_wav
+
+    vq = load_vqvae(model_dir, progress=True)
+    with np.load(npz_path, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    levels = sorted(int(k.split("_")[1]) for k in data if k.startswith("level_") and k[6:].isdigit())
+    if not levels:
+        raise VQVAEInputError(f"{npz_path} has no level_0/level_1/level_2 codes")
+    level = levels[0]
+    if level >= vq.config.levels:
+        raise VQVAEInputError(f"{npz_path} has codes of level {level}; the model has {vq.config.levels} levels")
+    codes = np.asarray(data[f"level_{level}"])
+    if codes.ndim == 1:
+        codes = codes[None]
+    if codes.ndim != 2:
+        raise VQVAEInputError(f"level_{level} codes must be [T] or [B, T], got {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= vq.config.l_bins):
+        raise VQVAEInputError(f"codes must lie in 0..{vq.config.l_bins - 1}")
+    audio = np.asarray(vq.decode([codes], start_level=level))[..., 0]
+    if "n_samples" in data:
+        audio = audio[:, : int(data["n_samples"])]
+    out = Path(out_wav)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sr = int(data.get("sr", vq.config.sr))
+    if len(audio) == 1:
+        save_wav(out, audio[0], sr)
+        return out
+    for i, item in enumerate(audio):
+        save_wav(out.with_name(f"{out.stem}_{i}{out.suffix}"), item, sr)
+    return out

@@ -1,0 +1,126 @@
+"""Training the VQ-VAE: the original loss, an optax step for the conv params and EMA codebooks.
+
+The codebooks live in the param tree (``params['bottleneck']['level_blocks_L']['k']``) so a model
+directory holds them, but they are EMA state, not gradient params: :func:`split_codebooks` takes
+them out, the optimizer only ever sees the rest, and after each step every codebook is replaced by
+:func:`bottleneck.ema_update` on the latents and codes of that step's forward (as the original,
+which quantises with the old codebook and then updates it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..config import VQVAEConfig
+from . import bottleneck as bn
+from .losses import vqvae_loss
+from .vqvae import VQVAEModule
+
+__all__ = [
+    "TrainState",
+    "split_codebooks",
+    "merge_codebooks",
+    "make_optimizer",
+    "init_train_state",
+    "loss_and_aux",
+    "make_train_step",
+]
+
+
+class TrainState(NamedTuple):
+    net_params: Any  # everything but the codebooks (trained by the optimizer)
+    codebooks: tuple  # one [bins, emb_width] per level (EMA)
+    ema: tuple  # one bottleneck.EMAState per level
+    opt_state: Any
+    step: jax.Array
+
+    @property
+    def params(self) -> dict:
+        """The full param tree (what ``save_model_dir`` stores)."""
+        return merge_codebooks(self.net_params, self.codebooks)
+
+
+def split_codebooks(params: Mapping) -> tuple[dict, tuple]:
+    """``params`` -> (params without ``bottleneck``, codebooks per level)."""
+    net = {k: v for k, v in params.items() if k != "bottleneck"}
+    blocks = params["bottleneck"]
+    codebooks = tuple(blocks[f"level_blocks_{L}"]["k"] for L in range(len(blocks)))
+    return net, codebooks
+
+
+def merge_codebooks(net_params: Mapping, codebooks: tuple) -> dict:
+    """The inverse of :func:`split_codebooks`."""
+    return {**net_params, "bottleneck": {f"level_blocks_{L}": {"k": k} for L, k in enumerate(codebooks)}}
+
+
+def make_optimizer(lr: float = 3e-4, warmup_steps: int = 100, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, clip: float = 1.0, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """The original's optimizer: global-norm clipping, Adam, linear warm-up (decoupled weight decay)."""
+    schedule = optax.linear_schedule(0.0, lr, max(1, int(warmup_steps)))
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, b1, b2, eps, weight_decay))
+
+
+def init_train_state(
+    config: VQVAEConfig,
+    params: Mapping,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    x: jax.Array | None = None,
+    num_tokens: float | None = None,
+) -> TrainState:
+    """Start training from ``params``.
+
+    With a first batch ``x`` the codebooks are initialised from its latents (the original
+    ``init_k``, for training from scratch); without it the stored codebooks are kept and their
+    EMA sums restored (``restore_k`` with ``num_tokens`` tokens per batch).
+    """
+    net, codebooks = split_codebooks(params)
+    if x is not None:
+        latents = VQVAEModule(config).apply({"params": dict(params)}, x, method=VQVAEModule.encode_latents)
+        pairs = [bn.init_codebook(k, z, config.l_bins) for k, z in zip(jax.random.split(key, config.levels), latents)]
+        codebooks = tuple(k for k, _ in pairs)
+        ema = tuple(state for _, state in pairs)
+    else:
+        ema = tuple(bn.restore_ema_state(k, num_tokens) for k in codebooks)
+    return TrainState(net, codebooks, ema, optimizer.init(net), jnp.zeros((), jnp.int32))
+
+
+def loss_and_aux(net_params: Mapping, codebooks: tuple, x: jax.Array, config: VQVAEConfig,
+                 bandwidth: Mapping[str, float]) -> tuple[jax.Array, dict]:
+    """The original ``VQVAE.forward`` loss; aux holds the metrics, latents and codes per level."""
+    params = merge_codebooks(net_params, tuple(jax.lax.stop_gradient(k) for k in codebooks))
+    out = VQVAEModule(config).apply({"params": params}, x, method=VQVAEModule.forward)
+    loss, metrics = vqvae_loss(x, out["x_outs"], out["commit_losses"], config, bandwidth)
+    return loss, dict(metrics=metrics, latents=out["latents"], codes=out["codes"], fits=out["fits"])
+
+
+def make_train_step(
+    config: VQVAEConfig,
+    optimizer: optax.GradientTransformation,
+    bandwidth: Mapping[str, float],
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """A jitted ``step(state, x [N, T, 1], key) -> (state, metrics)``: gradient step, then EMA codebooks."""
+    bandwidth = {k: float(v) for k, v in bandwidth.items()}
+
+    @jax.jit
+    def step(state: TrainState, x: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
+        grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
+        (loss, aux), grads = grad_fn(state.net_params, state.codebooks, x, config, bandwidth)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.net_params)
+        net = optax.apply_updates(state.net_params, updates)
+        codebooks, ema = [], []
+        metrics = dict(aux["metrics"], loss=loss)
+        for L, level_key in enumerate(jax.random.split(key, config.levels)):
+            k, s, m = bn.ema_update(level_key, state.codebooks[L], state.ema[L], aux["latents"][L],
+                                    aux["codes"][L], config.l_mu, config.revival_threshold)
+            codebooks.append(k)
+            ema.append(s)
+            metrics.update({f"{name}_l{L + 1}": value for name, value in m.items()})
+            metrics[f"fit_l{L + 1}"] = aux["fits"][L]
+        return TrainState(net, tuple(codebooks), tuple(ema), opt_state, state.step + 1), metrics
+
+    return step

@@ -1,0 +1,69 @@
+"""A toy task for the training-loop tests: a linear predictor of the next audio sample, with a
+per-artist bias and a little key-dependent noise (so the per-step keys matter).
+
+Run as a script it trains on DATA into OUT and can SIGKILL itself after a given step, which
+tests/test_training.py uses to check resuming after a kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+jax.config.update("jax_default_matmul_precision", "highest")  # the same numerics as under pytest
+
+from jukebox_flax import training  # noqa: E402
+from jukebox_flax.data import AudioDataset, labeller_for_songs, read_metadata  # noqa: E402
+
+TAPS = 16
+SAMPLE_LENGTH = 256
+
+
+def dataset(data: Path) -> AudioDataset:
+    songs = read_metadata(data / "metadata.csv")
+    return AudioDataset(songs, SAMPLE_LENGTH, labeller_for_songs(songs))
+
+
+def task(optim: training.OptimConfig = training.OptimConfig(lr=1e-2, warmup_steps=2)) -> training.Task:
+    def init_params(key, batch):
+        return {"w": jnp.zeros((TAPS,)), "artist_bias": 0.01 * jax.random.normal(key, (8,))}
+
+    def loss_fn(params, inputs, key):
+        audio, y = inputs
+        x = audio[:, :, 0]
+        past = jnp.stack([x[:, k : k + SAMPLE_LENGTH - TAPS] for k in range(TAPS)], axis=-1)
+        pred = past @ params["w"] + params["artist_bias"][y[:, 3]][:, None]
+        pred = pred + 1e-3 * jax.random.normal(key, pred.shape)
+        loss = jnp.mean((pred - x[:, TAPS:]) ** 2)
+        return loss, {"mse": loss}
+
+    return training.gradient_task(init_params, loss_fn, optim, prepare=lambda b: (jnp.asarray(b.audio), jnp.asarray(b.y)))
+
+
+def run(data: Path, out: Path, steps: int, every: int, kill_at: int = 0, batch: int = 4, seed: int = 3):
+    ds = dataset(data)
+
+    def after_step(step, state):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return training.train(task(), lambda i: ds.batch(i, batch, seed), steps, out, seed=seed,
+                          checkpoint_every=every, log_every=1, progress=False, after_step=after_step)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--every", type=int, required=True)
+    parser.add_argument("--kill-at", type=int, default=0)
+    args = parser.parse_args()
+    run(args.data, args.out, args.steps, args.every, args.kill_at)
+    sys.exit(0)

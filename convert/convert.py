@@ -243,7 +243,9 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
     target = dtype if _is_float(np.dtype(leaf.dtype)) else np.dtype(leaf.dtype)
 
     def load(leaf=leaf, target=target) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(leaf).astype(target, copy=False))
+        # a mapping may return LazyArrays itself (e.g. layers stacked only when written)
+        array = leaf.load() if isinstance(leaf, LazyArray) else np.asarray(leaf)
+        return np.ascontiguousarray(array.astype(target, copy=False))
 
     return LazyArray(leaf.shape, target, load, release=lambda: release_pages(files))
 

@@ -55,9 +55,13 @@ class Source:
 # Official files
 
 
-class Hyperparams(dict):
-    """Stand-in for ``jukebox.hparams.Hyperparams`` (a dict with attribute access), so an ``hps``
-    entry pickled as that class loads under the weights-only unpickler."""
+class Hyperparams:
+    """Stand-in for ``jukebox.hparams.Hyperparams`` (a dict subclass with attribute access), so an
+    ``hps`` entry pickled as that class loads under the weights-only unpickler: unpickling
+    "creates" one, which gives a plain dict (the weights-only unpickler fills only real dicts)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> dict:  # type: ignore[misc]
+        return dict(*args, **kwargs)
 
 
 def _safe_globals() -> list:

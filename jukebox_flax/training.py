@@ -456,7 +456,9 @@ def prior_task(
         return jnp.asarray(batch.audio), y
 
     def init(key: jax.Array, batch: Any) -> Any:
-        return init_prior_params(config, key) if init_params is None else init_params
+        if init_params is not None:
+            return init_params
+        return jax.jit(lambda k: init_prior_params(config, k))(key)  # one compile beats op-by-op init
 
     return gradient_task(init, loss_fn, optim, prepare=prepare)
 
@@ -533,7 +535,8 @@ def optim_from_args(args: Any) -> OptimConfig:
 
 
 def config_from_args(args: Any, kind: type) -> Any:
-    """The config chosen by exactly one of --config / --preset (--init-from is handled by the caller)."""
+    """The config chosen by exactly one of --config / --preset / --init-from (None for --init-from:
+    the caller reads the model directory)."""
     import json
 
     from .config import config_from_dict, preset
@@ -541,6 +544,8 @@ def config_from_args(args: Any, kind: type) -> Any:
     chosen = [name for name in ("config", "preset", "init_from") if getattr(args, name)]
     if len(chosen) != 1:
         raise TrainingError("pass exactly one of --config, --preset and --init-from")
+    if args.init_from:
+        return None
     if args.config:
         try:
             config = config_from_dict(json.loads(Path(args.config).read_text()))

@@ -52,8 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     init_params, vocab = None, None
-    if args.init_from:
-        training.config_from_args(args, PriorConfig)  # checks that no other source is given
+    config = training.config_from_args(args, PriorConfig)
+    if config is None:  # --init-from
         stored = load_config(args.init_from)
         level = args.level
         if isinstance(stored, JukeboxConfig) and level is None:
@@ -62,8 +62,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         init_params, config, vocab = training.load_component(args.init_from, f"prior_level_{level}")
         if args.level is not None and config.level != args.level:
             raise training.TrainingError(f"{args.init_from} holds the level-{config.level} prior, not {args.level}")
-    else:
-        config = training.config_from_args(args, PriorConfig)
 
     songs = read_metadata(args.metadata or _find_metadata(args.data))
     labeller = _labeller(args, config, songs, vocab)

@@ -28,11 +28,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     init_params = None
-    if args.init_from:
-        training.config_from_args(args, VQVAEConfig)  # checks that no other source is given
+    config = training.config_from_args(args, VQVAEConfig)
+    if config is None:  # --init-from
         init_params, config, _ = training.load_component(args.init_from, "vqvae")
-    else:
-        config = training.config_from_args(args, VQVAEConfig)
     if args.sample_length % config.hop_length:
         raise training.TrainingError(f"--sample-length must be a multiple of {config.hop_length}")
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import OPENAI, load_npz
 from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.filter import check_filter_args, filter_logits, sample_token
-from jukebox_flax.sampling.windows import get_starts, relevant_lyric_tokens
+from jukebox_flax.sampling.windows import Window, get_starts, level_windows, partial_window, upper_codes
 
 ORACLE = load_npz("openai/misc_oracle")
 ORACLE_JSON = json.loads((OPENAI / "misc_oracle.json").read_text())
@@ -59,13 +59,30 @@ def test_get_starts_matches_original():
         assert get_starts(int(kw["total"]), int(kw["n_ctx"]), int(kw["hop"])) == want, case
 
 
-def test_relevant_lyric_tokens_matches_original():
-    full = list(range(1, 301))
-    for case, want in ORACLE_JSON["lyric_windows"].items():
-        if case == "short_full_tokens":
-            got = relevant_lyric_tokens([5, 6, 7], 6, 1000, 0, 100)
-        else:
-            kw = {k: int(v) for k, v in (part.split("=") for part in case.split(","))}
-            got = relevant_lyric_tokens(full, kw["n"], kw["total"], kw["offset"], kw["dur"])
-            assert relevant_lyric_tokens(full, kw["n"], kw["total"], kw["offset"], kw["dur"], float32=True) == got
-        assert got == (want["tokens"], want["indices"]), case
+def test_level_windows_prime_with_the_overlap_and_skip_existing_tokens():
+    # the pipeline trace's level-1 plan: 384 tokens, n_ctx 64, hop 32
+    windows = level_windows(384, 0, 64, 32)
+    assert [w.start for w in windows] == get_starts(384, 64, 32)
+    assert windows[0] == Window(0, 64, 0) and all(w == Window(w.start, 64, 32) for w in windows[1:])
+    # a right-aligned last window primes with more than the overlap
+    assert level_windows(10000, 0, 8192, 1024)[-1] == Window(1808, 8192, 9216 - 1808)
+    # resuming after 3 windows skips them; a prompt covering the first window skips it
+    assert level_windows(384, 128, 64, 32) == windows[3:]
+    assert level_windows(384, 70, 64, 32)[0] == Window(32, 64, 38)
+    assert level_windows(384, 384, 64, 32) == []
+
+
+def test_partial_windows_as_the_original():
+    assert partial_window(0, 64, 20) == Window(0, 20, 0)
+    assert partial_window(20, 64, 24) == Window(0, 44, 20)
+    assert partial_window(50, 64, 24) == Window(10, 64, 40)
+    assert level_windows(44, 20, 64, 8) == [Window(0, 44, 20)]
+
+
+def test_upper_codes_are_sliced_per_window():
+    z = np.arange(2 * 96).reshape(2, 96)
+    np.testing.assert_array_equal(upper_codes(z, 64, 64, 4), z[:, 16:32])
+    with pytest.raises(SamplingError, match="aligned"):
+        upper_codes(z, 2, 64, 4)
+    with pytest.raises(SamplingError, match="cover"):
+        upper_codes(z, 384, 64, 4)

@@ -4,13 +4,14 @@ A song longer than a prior's context (``n_ctx`` tokens) is sampled window by win
 original ``sample.py``: windows of ``n_ctx`` tokens advance by ``hop = int(hop_fraction * n_ctx)``
 (the last one right-aligned), each re-primes with the tokens already sampled inside it and samples
 only its new tail. Every window gets its own label vector (offset, sample length, lyric window) and,
-for upsamplers, its own slice of the codes of the level above.
+for upsamplers, its own slice of the codes of the level above. (The per-window label vector is
+``jukebox_flax.labels.window_y``, the original ``SimplePrior.get_y``.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -101,48 +102,3 @@ def upper_codes(z_upper: np.ndarray, start: int, n_ctx: int, cond_downsample: in
             f"{z_upper.shape[1]} codes, the window needs up to {end // cond_downsample}"
         )
     return z
-
-
-def relevant_lyric_tokens(full_tokens: Sequence[int], n_tokens: int, total_length, offset, duration,
-                          float32: bool = False) -> tuple[list[int], list[int]]:
-    """The ``n_tokens`` lyric characters linearly aligned with ``[offset, offset + duration)`` of a
-    song of ``total_length`` samples, and their indices (-1 = left padding), as the original.
-
-    ``float32=True`` reproduces the per-window re-selection during sampling, where the original
-    computes the midpoint from int64 tensors (so in float32); the Labeller uses Python floats.
-    """
-    full_tokens = list(full_tokens)
-    if len(full_tokens) < n_tokens:
-        pad = n_tokens - len(full_tokens)
-        return [0] * pad + full_tokens, [-1] * pad + list(range(len(full_tokens)))
-    if not 0 <= offset < total_length:
-        raise SamplingError(f"window offset {offset} is outside the song (total_length {total_length} samples)")
-    if float32:
-        f = np.float32
-        mid = f(len(full_tokens)) * (f(offset) + f(duration) / f(2.0)) / f(total_length)
-    else:
-        mid = len(full_tokens) * (offset + duration / 2.0) / total_length
-    midpoint = min(max(int(mid), n_tokens // 2), len(full_tokens) - n_tokens // 2)
-    indices = list(range(midpoint - n_tokens // 2, midpoint + n_tokens // 2))
-    return [full_tokens[i] for i in indices], indices
-
-
-def window_y(base_y: np.ndarray, start: int, hop_length: int, sample_length: int, n_tokens: int = 0,
-             full_tokens: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
-    """The label vector of the window starting at token ``start``, as the original ``get_y``.
-
-    ``base_y [B, Y]`` is the song's labels (offset of the song's first sample in y[:, 1]); the window
-    gets sample_length = this prior's window in samples, offset += start * hop_length and, with
-    lyrics, the lyric characters aligned with the window (from ``full_tokens[b]``, the whole lyrics).
-    """
-    y = np.array(base_y, dtype=np.int64, copy=True)
-    y[:, 2] = sample_length
-    y[:, 1] += start * hop_length
-    if n_tokens > 0:
-        if full_tokens is None or len(full_tokens) != y.shape[0]:
-            raise SamplingError("lyric windows need the full lyric tokens of every sample")
-        for b in range(y.shape[0]):
-            tokens, _ = relevant_lyric_tokens(full_tokens[b], n_tokens, int(y[b, 0]), int(y[b, 1]),
-                                              int(y[b, 2]), float32=True)
-            y[b, -n_tokens:] = tokens
-    return y

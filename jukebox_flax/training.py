@@ -348,7 +348,7 @@ def gradient_task(
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, inputs, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return GradState(params, opt_state), dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return GradState(params, opt_state), dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
 
     return Task(
         init=init,

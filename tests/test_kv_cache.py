@@ -16,12 +16,14 @@ import pytest
 from conftest import hps, load_npz, state_dict
 from jukebox_flax.config import PriorConfig, VQVAEConfig
 from jukebox_flax.prior.autoregressive import Autoregressive
+from jukebox_flax.prior.transformer import layer_location, layer_segments
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch
 
 # ----------------------------------------------------------------------------------------------
 # A random model with every attention type
 
-LAYOUT = ("block", "transpose_block", "prev_block", "dense", "prime", "cross", "block", "transpose_block", "prev_block")
+# a scanned run of (block, transpose, prev, cross) x 2, then single dense / prime / block layers
+LAYOUT = ("block", "transpose_block", "prev_block", "cross") * 2 + ("dense", "prime", "block")
 N_CTX, BLOCKS, WIDTH, BATCH, ENC = 24, 6, 16, 2, 5  # block_ctx 4, 6 rows; prime keys (6 // 6 + 1) * 6 = 12
 
 
@@ -32,16 +34,15 @@ def every_type():
         prime_len=6, encoder_len=ENC, y_cond=True, x_cond=True,
     )
     key = jax.random.PRNGKey(0)
-    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
     tokens = jax.random.randint(k1, (BATCH, N_CTX), 0, 11)
     x_cond = jax.random.normal(k2, (BATCH, N_CTX, WIDTH))
     y_cond = jax.random.normal(k3, (BATCH, 1, WIDTH))
     enc = jax.random.normal(k4, (BATCH, ENC, WIDTH))
     shapes = jax.eval_shape(model.init, key, tokens, x_cond, y_cond, enc)["params"]
     # random parameters (so zero-initialised projections and LayerNorm affines are non-trivial)
-    leaves, tree = jax.tree_util.tree_flatten(shapes)
-    keys = jax.random.split(k5, len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), jnp.float32), shapes)
     full = jax.jit(lambda p, t: model.apply({"params": p}, t, x_cond, y_cond, enc))(params, tokens)
     return model, params, tokens, (x_cond, y_cond, enc), np.asarray(full)
 
@@ -75,11 +76,14 @@ def _decode_in_chunks(model, params, tokens, conds, chunks, cache_dtype=jnp.floa
 def test_cache_sizes_per_type(every_type):
     model = every_type[0]
     cache = model.init_cache(BATCH, jnp.float32)
-    sizes = {k: v["k"].shape for k, v in cache.items()}
-    # one scan of (block, transpose, prev) x1 is not formed (no repeat): all single layers here
+    segments = layer_segments(LAYOUT)
+    assert [(s.key, s.repeat) for s in segments] == [("layers_0_7", 2), ("layer_8", 1), ("layer_9", 1), ("layer_10", 1)]
     expected = {"block": 4, "transpose_block": 24, "prev_block": 8, "dense": 24, "prime": 12, "cross": ENC}
     for i, t in enumerate(LAYOUT):
-        assert sizes[f"layer_{i}"] == (1, BATCH, expected[t], WIDTH // 4)
+        key, unit, _ = layer_location(segments, i)
+        entry = cache[key] if unit is None else cache[key][unit]
+        repeat = 1 if unit is None else 2
+        assert entry["k"].shape == entry["v"].shape == (repeat, BATCH, expected[t], WIDTH // 4)
 
 
 def test_token_by_token_equals_forward(every_type):

@@ -97,7 +97,9 @@ class Autoregressive(nn.Module):
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
-    def from_prior_config(cls, cfg: PriorConfig, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> "Autoregressive":
+    def from_prior_config(
+        cls, cfg: PriorConfig, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+    ) -> "Autoregressive":
         """The music model of a prior (``SimplePrior.prior``)."""
         return cls(
             width=cfg.width, depth=cfg.depth, heads=cfg.heads, layout=cfg.attention_layout, blocks=cfg.blocks,

@@ -42,6 +42,7 @@ __all__ = [
     "layer_segments",
     "segment_key",
     "layer_location",
+    "LayerSpec",
     "Conv1D",
     "LayerNorm",
     "MLP",

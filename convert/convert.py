@@ -4,12 +4,16 @@
 
 1. ``sources.open_source`` memory-maps the official file(s) or the HF checkpoint and renames HF
    keys to the original ones, so everything below speaks the original key names.
-2. Each component's config comes from ``--hps`` / ``--preset`` when given, else from the file's
-   own ``hps`` entry, else from the HF ``config.json``. A prior's codebook size is read from its
-   token embedding (the hps of a prior may carry a stale ``l_bins``).
+2. Each component's config comes from the file's own ``hps`` entry when present, else from
+   ``--hps`` / ``--preset``, else from the HF ``config.json``. When a file has hps and the user
+   also passes ``--hps`` / ``--preset``, the two must agree in every field that shapes the model
+   (training-only fields aside): a disagreement is an error naming the fields, never a silent
+   choice. A prior's codebook size is read from its token embedding (the hps of a prior may carry
+   a stale ``l_bins``).
 3. The module owners' key mappings (``vqvae_keys`` / ``prior_keys``) turn the state dict into our
    params tree; they check every key and shape against the config. Their leaves are views of the
-   memory-mapped file, so nothing is read yet.
+   memory-mapped file, so nothing is read yet; the per-layer tensors of a scanned layer group
+   become one ``StackedRows`` leaf, stacked only when it is written.
 4. Every leaf becomes a ``LazyArray``: it is cast to ``dtype`` only when Orbax writes it, and the
    file's pages are released after each tensor, so memory stays at about one tensor.
 5. The directory is written atomically (a temporary sibling, then renamed).
@@ -17,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -30,7 +35,7 @@ from jukebox_flax.errors import JukeboxError
 
 from .sources import COMPONENTS, ConvertError, Source, open_source, release_pages
 
-__all__ = ["convert", "Mappings", "DTYPES", "component_kind", "configs_for", "params_for"]
+__all__ = ["convert", "Mappings", "DTYPES", "StackedRows", "component_kind", "configs_for", "params_for"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -47,7 +52,27 @@ def _vqvae_mapping(sd, config):
 def _prior_mapping(sd, config):
     from .prior_keys import prior_params_from_state_dict
 
-    return prior_params_from_state_dict(sd, config)
+    return prior_params_from_state_dict(sd, config, stack=StackedRows)
+
+
+class StackedRows(LazyArray):
+    """Per-layer tensors of a scanned layer group (views of the memory-mapped file), joined on a
+    new axis 0 only when the leaf is written: the whole transformer is never in memory at once."""
+
+    def __init__(self, rows: list):
+        self.rows = [np.asarray(r) for r in rows]  # views: nothing is read yet
+        shapes = sorted({r.shape for r in self.rows})
+        if len(shapes) != 1:
+            raise ValueError(f"the layers of a scanned group have different shapes {shapes}")
+        dtype = np.result_type(*(r.dtype for r in self.rows))
+        super().__init__((len(self.rows), *shapes[0]), dtype, lambda: self.load_as(self.dtype))
+
+    def load_as(self, dtype: np.dtype) -> np.ndarray:
+        """The stacked array in ``dtype``, cast row by row (no full-size intermediate)."""
+        out = np.empty(self.shape, dtype)
+        for i, row in enumerate(self.rows):
+            out[i] = row
+        return out
 
 
 def default_mappings() -> dict[str, Callable]:
@@ -124,8 +149,50 @@ def _check_kind(component_config: Any, kind: str, where: str) -> None:
         raise ConvertError(f"{where} is a {kind} checkpoint but the given config is {got}")
 
 
+# Fields that only steer training (loss weights, EMA rate, fp16 storage), and a prior's ``bins``
+# (read from its weights): a file's hps and the user's --hps / --preset may differ in these.
+_TRAINING_ONLY = frozenset({
+    "l_mu", "commit", "revival_threshold", "loss_fn", "lmix_l1", "lmix_l2", "lmix_linf", "linf_k", "spectral",
+    "multispectral", "multispec_n_fft", "multispec_hop_length", "multispec_window_size",
+    "prime_loss_fraction", "fp16_params", "bins",
+})
+
+
+def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """'name (a vs b)' for every field that shapes the model and differs between configs a and b."""
+    if type(a) is not type(b):
+        return [f"{prefix.rstrip('.') or 'kind'} ({type(a).__name__} vs {type(b).__name__})"]
+    out = []
+    for f in dataclasses.fields(a):
+        if f.name in _TRAINING_ONLY:
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
+            out += _differing_fields(x, y, f"{prefix}{f.name}.")
+        elif x != y:
+            out.append(f"{prefix}{f.name} ({x!r} vs {y!r})")
+    return out
+
+
+def _agreed(file_config: Any, user_config: Any, where: str, given: str) -> Any:
+    """The file's own config, after checking that the user's ``given`` one does not contradict it."""
+    if file_config is None:
+        return user_config
+    if user_config is not None:
+        differ = _differing_fields(file_config, user_config)
+        if differ:
+            shown = ", ".join(differ[:6]) + (f", ... ({len(differ)} fields)" if len(differ) > 6 else "")
+            raise ConvertError(f"{where}: its own hps differ from {given} in {shown} (file vs given); "
+                               f"the file's hps are used, so drop {given.split()[0]}")
+    return file_config
+
+
 def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -> tuple[dict[str, Any], Optional[JukeboxConfig]]:
-    """({component name: config}, whole-model config or None) for everything in ``source``."""
+    """({component name: config}, whole-model config or None) for everything in ``source``.
+
+    Precedence: the file's own ``hps``, else ``hps`` / ``preset``, else the HF ``config.json``.
+    """
+    given = f"--hps {hps}" if isinstance(hps, (str, Path)) else "--hps" if hps is not None else f"--preset {preset}"
     hps = _read_hps(hps)
     chosen = None
     if preset is not None:
@@ -136,21 +203,25 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
 
     if source.kind == "official_file":
         sd = source.state_dicts["unknown"]
-        kind = component_kind(sd, str(source.path))
+        where = str(source.path)
+        kind = component_kind(sd, where)
         if isinstance(chosen, JukeboxConfig):
             raise ConvertError(f"--preset {preset} is a whole model; {source.path} is one component "
                                "(use vqvae, upsampler_level_0/1 or prior_*)")
-        if chosen is None:
-            chosen_hps = hps if hps is not None else source.hps.get("unknown")
-            if chosen_hps is None:
-                raise ConvertError(f"{source.path} has no 'hps' entry: pass --hps FILE.json or --preset NAME")
-            chosen = _config_from_hps(kind, chosen_hps, str(source.path))
-        _check_kind(chosen, kind, str(source.path))
+        if chosen is None and hps is not None:
+            chosen = _config_from_hps(kind, hps, given)
+        if chosen is not None:
+            _check_kind(chosen, kind, where)
+        file_hps = source.hps.get("unknown")
+        if file_hps is None and chosen is None:
+            raise ConvertError(f"{source.path} has no 'hps' entry: pass --hps FILE.json or --preset NAME")
+        file_config = _config_from_hps(kind, file_hps, where) if file_hps is not None else None
+        config = _agreed(file_config, chosen, where, given)
         if kind == "prior":
-            chosen = _with_bins_from_weights(chosen, sd)
-        name = "vqvae" if kind == "vqvae" else f"prior_level_{chosen.level}"
+            config = _with_bins_from_weights(config, sd)
+        name = "vqvae" if kind == "vqvae" else f"prior_level_{config.level}"
         source.state_dicts = {name: sd}
-        return {name: chosen}, None
+        return {name: config}, None
 
     if source.kind == "official_dir":
         missing = [c for c in COMPONENTS if c not in source.state_dicts]
@@ -164,23 +235,39 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
         if chosen is not None and not isinstance(chosen, JukeboxConfig):
             raise ConvertError(f"--preset {preset} is one component; {source.path} is a whole model "
                                "(use 1b_lyrics, 5b or 5b_lyrics)")
-        if chosen is not None:
-            configs = {"vqvae": chosen.vqvae, **{f"prior_level_{p.level}": p for p in chosen.priors}}
-        else:
-            configs = {}
-            for name in COMPONENTS:
-                h = (hps or {}).get(name) if hps is not None else source.hps.get(name)
-                if h is None:
-                    raise ConvertError(f"{source.path / (name + '.pth.tar')} has no 'hps' entry: pass --preset, "
-                                       "or --hps with a JSON object {component: hps}")
-                where = str(source.path / f"{name}.pth.tar")
-                kind = "vqvae" if name == "vqvae" else "prior"
-                configs[name] = _config_from_hps(kind, h, where, configs.get("vqvae"))
-                if kind == "prior" and configs[name].level != int(name[-1]):
-                    raise ConvertError(f"{where}: its hps say level {configs[name].level}")
-    else:  # Hugging Face
+        if hps is not None and not all(isinstance(hps.get(n, {}), Mapping) for n in COMPONENTS):
+            raise ConvertError(f"{given} must hold a JSON object {{component: hps}} for a directory")
+        configs = {}
+        for name in COMPONENTS:
+            where = str(source.path / f"{name}.pth.tar")
+            kind = "vqvae" if name == "vqvae" else "prior"
+            file_hps, user_hps = source.hps.get(name), (hps or {}).get(name)
+            if chosen is not None:
+                user = chosen.vqvae if kind == "vqvae" else chosen.priors[int(name[-1])]
+            else:
+                user = (_config_from_hps(kind, user_hps, f"{given} ({name})", configs.get("vqvae"))
+                        if user_hps is not None else None)
+            if file_hps is None and user is None:
+                raise ConvertError(f"{where} has no 'hps' entry: pass --preset, "
+                                   "or --hps with a JSON object {component: hps}")
+            file_config = _config_from_hps(kind, file_hps, where, configs.get("vqvae")) if file_hps is not None else None
+            configs[name] = _agreed(file_config, user, where, given)
+            if kind == "prior" and configs[name].level != int(name[-1]):
+                raise ConvertError(f"{where}: its hps say level {configs[name].level}")
+    else:  # Hugging Face: no hps in the files; --hps / --preset come before config.json
         if chosen is not None and not isinstance(chosen, JukeboxConfig):
             raise ConvertError(f"--preset {preset} is one component; a Hugging Face checkpoint is a whole model")
+        if chosen is None and hps is not None:
+            configs = {}
+            for name in COMPONENTS:
+                if not isinstance(hps.get(name), Mapping):
+                    raise ConvertError(f"{given} must hold a JSON object {{component: hps}} with an entry for {name}")
+                kind = "vqvae" if name == "vqvae" else "prior"
+                configs[name] = _config_from_hps(kind, hps[name], f"{given} ({name})", configs.get("vqvae"))
+            try:
+                chosen = JukeboxConfig(vqvae=configs["vqvae"], priors=tuple(configs[f"prior_level_{l}"] for l in range(3)))
+            except ConfigError as e:
+                raise ConvertError(f"{given}: the components do not form one model: {e}") from None
         if chosen is None:
             try:
                 chosen = JukeboxConfig.from_hf(source.hf_config)
@@ -243,7 +330,9 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
     target = dtype if _is_float(np.dtype(leaf.dtype)) else np.dtype(leaf.dtype)
 
     def load(leaf=leaf, target=target) -> np.ndarray:
-        # a mapping may return LazyArrays itself (e.g. layers stacked only when written)
+        if isinstance(leaf, StackedRows):
+            return leaf.load_as(target)
+        # a mapping may return other LazyArrays itself
         array = leaf.load() if isinstance(leaf, LazyArray) else np.asarray(leaf)
         return np.ascontiguousarray(array.astype(target, copy=False))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -194,9 +194,10 @@ def _as_view(leaf: Any) -> np.ndarray:
     return np.broadcast_to(np.zeros((), leaf.dtype), tuple(leaf.shape))
 
 
-def prior_params_from_state_dict(sd: Mapping[str, Any], config) -> dict:
+def prior_params_from_state_dict(sd: Mapping[str, Any], config, stack: Callable[[list], Any] = np.stack) -> dict:
     """Original prior state dict -> our nested params dict (numpy arrays, dtypes kept).
 
+    ``stack`` joins the per-layer tensors of scanned layer groups (see ``autoregressive_from_torch``).
     Raises ``PriorKeyError`` naming every missing, unexpected or mis-shaped key.
     """
     c = config
@@ -221,10 +222,10 @@ def prior_params_from_state_dict(sd: Mapping[str, Any], config) -> dict:
     for e in entries:
         _set(params, e.path, _permute(sd[e.key], e.layout))
     try:
-        params["prior"] = autoregressive_from_torch(sd, "prior.", c.attention_layout, c.merged_decoder)
+        params["prior"] = autoregressive_from_torch(sd, "prior.", c.attention_layout, c.merged_decoder, stack)
         if c.lyrics == "separate":
             layout = _encoder_layout(c)
-            params["lyric_encoder"] = autoregressive_from_torch(sd, "prime_prior.", layout, False)
+            params["lyric_encoder"] = autoregressive_from_torch(sd, "prime_prior.", layout, False, stack)
     except (KeyError, ValueError) as e:
         raise PriorKeyError(f"state dict does not match the prior config: {e.args[0] if e.args else e}") from None
     _check_transformer_shapes(params, c)

@@ -21,7 +21,7 @@ i = a + r * len(unit) + j; a single layer at ``layer_{i}`` (``transformer.layer_
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -66,12 +66,18 @@ def _layer_suffixes(attn_type: str) -> list[str]:
 
 
 def autoregressive_from_torch(
-    sd: Mapping[str, np.ndarray], prefix: str, layout: Sequence[str], merged_decoder: bool
+    sd: Mapping[str, np.ndarray],
+    prefix: str,
+    layout: Sequence[str],
+    merged_decoder: bool,
+    stack: Callable[[list[np.ndarray]], Any] = np.stack,
 ) -> dict:
     """Params tree of an ``Autoregressive`` from the original state dict entries under ``prefix``.
 
-    ``layout``: the attention type of every layer (``Autoregressive.layout``). Raises KeyError when a
-    key is missing or a key under the prefix is not used.
+    ``layout``: the attention type of every layer (``Autoregressive.layout``). ``stack`` joins the
+    rows of a scanned layer group on a new axis 0; the converter passes one that defers the copy
+    until the leaf is written (``np.stack`` would hold the whole transformer in memory at once).
+    Raises KeyError when a key is missing or a key under the prefix is not used.
     """
     p = prefix if prefix.endswith(".") else prefix + "."
     used: set[str] = set()
@@ -110,7 +116,7 @@ def autoregressive_from_torch(
         if seg.scanned:
             for unit_key, entries in layers[seg.key].items():
                 for suffix, rows in entries.items():
-                    _set(transformer, (seg.key, unit_key, *LAYER_KEYS[suffix]), np.stack(rows))
+                    _set(transformer, (seg.key, unit_key, *LAYER_KEYS[suffix]), stack(rows))
         else:
             transformer[seg.key] = layers[seg.key]
     params["transformer"] = transformer

@@ -74,6 +74,11 @@ def _to_flax(path: tuple[str, ...], w: np.ndarray) -> np.ndarray:
     return w.transpose(2, 1, 0) if path[-1] == "kernel" else w
 
 
+def _flax_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ``_to_flax`` would give, for any rank (checked before anything is transposed)."""
+    return tuple(reversed(shape)) if path[-1] == "kernel" else tuple(shape)
+
+
 def _to_torch(path: tuple[str, ...], w: np.ndarray) -> np.ndarray:
     return w.transpose(2, 1, 0) if path[-1] == "kernel" else w
 
@@ -106,16 +111,16 @@ def vqvae_params_from_state_dict(sd: Mapping[str, np.ndarray], config: Any, dtyp
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for key, value in sd.items():
         key = key[len("module."):] if key.startswith("module.") else key
-        path = flax_path(key)
-        w = np.asarray(value)
-        flat[path] = _to_flax(path, w)
+        flat[flax_path(key)] = np.asarray(value)
+    # keys and shapes first: an unexpected tensor of another rank is named, not transposed
     expected = _expected_shapes(config)
-    _check({p: w.shape for p, w in flat.items()}, expected, lambda p: original_key(p))
+    _check({p: _flax_shape(p, w.shape) for p, w in flat.items()}, expected, lambda p: original_key(p))
     params: dict = {}
     for path, w in flat.items():
         node = params
         for name in path[:-1]:
             node = node.setdefault(name, {})
+        w = _to_flax(path, w)
         node[path[-1]] = w.astype(dtype) if dtype is not None else w
     return params
 

@@ -50,6 +50,19 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     run_sample(args)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,..., got {text!r}") from None
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    from .embed import run_embed
+
+    run_embed(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -108,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prime", default=None, help="audio file to continue")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("embed", help="one feature vector per audio file from a prior's activations (MIR)")
+    p.add_argument("--model", required=True, help="a whole-model directory")
+    p.add_argument("--layer", type=_int_list, required=True, metavar="N[,N...]",
+                   help="layer(s) N: the residual stream after the first N layers (MIR recipe: 36 of 72)")
+    p.add_argument("--pool", choices=("mean", "max"), default="mean", help="over time and windows")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.add_argument("--level", type=int, default=None, help="which prior (default the top level)")
+    p.add_argument("--batch", type=int, default=1, help="windows per prior call")
+    p.add_argument("--artist", default="unknown")
+    p.add_argument("--genre", default="unknown", help="NAME[,NAME...]")
+    p.add_argument("--lyrics", default="", help="TEXT, or @FILE (lyrics priors; default none)")
+    p.add_argument("--per-window", action="store_true", help="also save one vector per window")
+    p.add_argument("--normalize", action="store_true", help="scale each file to peak 1 first (as jukemirlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("audio", nargs="+", help="audio files (anything libsndfile reads)")
+    p.set_defaults(func=_cmd_embed)
     return parser
 
 

@@ -330,17 +330,29 @@ def gradient_task(
     optim: OptimConfig,
     prepare: Callable[[Any], Any] = lambda batch: batch,
     meta: Optional[dict] = None,
+    mesh: Any = None,
 ) -> Task:
     """A task for any model trained by gradients alone.
 
     ``init_params(key, first_batch)`` gives the initial params; ``loss_fn(params, inputs, key) ->
     (loss, metrics)`` is differentiated; ``prepare(batch)`` turns a data batch into the jit inputs
-    (arrays only). The step is jitted once.
+    (arrays only). The step is jitted once. ``mesh`` (``sharding.make_mesh``): params and optimizer
+    state are placed by the sharding rules and every batch is split over 'data' (data parallel,
+    plus tensor parallel over 'model'); the gradients' all-reduce is XLA's.
     """
     optimizer = make_optimizer(optim)
+    if mesh is not None:
+        from .sharding import shard_batch, shard_params
+
+        prepare_one = prepare
+        prepare = lambda batch: shard_batch(prepare_one(batch), mesh)  # noqa: E731
 
     def init(key: jax.Array, batch: Any) -> GradState:
         params = init_params(key, batch)
+        if mesh is not None:
+            params = shard_params(params, mesh)
+            # the moments' leaf paths end like the params', so the same rules place them
+            return GradState(params, shard_params(optimizer.init(params), mesh))
         return GradState(params, optimizer.init(params))
 
     @jax.jit
@@ -416,8 +428,10 @@ def prior_task(
     vqvae: Any,
     *,
     init_params: Optional[Mapping] = None,
+    mesh: Any = None,
 ) -> Task:
-    """Train one prior level (``PriorConfig``) on batches of audio and labels.
+    """Train one prior level (``PriorConfig``) on batches of audio and labels (``mesh``: see
+    :func:`gradient_task`).
 
     ``vqvae``: a loaded :class:`jukebox_flax.vqvae.api.VQVAE` (frozen). Every step encodes the
     batch's audio, takes the codes of ``config.level`` as tokens and, for an upsampler, those of the
@@ -460,7 +474,7 @@ def prior_task(
             return init_params
         return jax.jit(lambda k: init_prior_params(config, k))(key)  # one compile beats op-by-op init
 
-    return gradient_task(init, loss_fn, optim, prepare=prepare)
+    return gradient_task(init, loss_fn, optim, prepare=prepare, mesh=mesh)
 
 
 # ------------------------------------------------------------------------------------------------

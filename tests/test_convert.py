@@ -168,6 +168,24 @@ def test_prior_file(name, level, tmp_path, mappings):
     n = sum(a.size for a in flat(load_params(out)).values())
     tied = sd["prior.x_out.weight"].size if not config.merged_decoder else 0
     assert n == sum(a.size for a in sd.values()) - tied
+    if REAL_PRIOR:  # the converter stacks scanned layers lazily (StackedRows); same tree as np.stack
+        from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
+
+        assert_same_tree(load_params(out), prior_params_from_state_dict(sd, config))
+
+
+def test_stacked_rows_stack_only_when_loaded_and_cast_like_astype():
+    import ml_dtypes
+    from jukebox_flax_convert.convert import StackedRows
+
+    rows = [np.random.default_rng(i).normal(size=(3, 5)).astype(np.float32) for i in range(4)]
+    lazy = StackedRows(rows)
+    assert lazy.shape == (4, 3, 5) and lazy.dtype == np.float32 and all(r is not None for r in lazy.rows)
+    assert np.array_equal(lazy.load(), np.stack(rows))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    assert np.array_equal(lazy.load_as(bf16).view(np.uint16), np.stack(rows).astype(bf16).view(np.uint16))
+    with pytest.raises(ValueError, match="different shapes"):
+        StackedRows([rows[0], rows[1][:2]])
 
 
 def test_hps_from_config_round_trips_every_preset():
@@ -309,6 +327,36 @@ def test_checkpoint_of_another_model_is_rejected(tmp_path):
 def test_wrong_kind_of_preset_is_rejected(vqvae_file, tmp_path):
     with pytest.raises(ConvertError, match="vqvae checkpoint but the given config is a prior"):
         convert(vqvae_file, tmp_path / "out", preset="prior_5b")
+
+
+def test_the_files_own_hps_win_and_a_contradicting_preset_is_named(vqvae_file, tmp_path, capsys):
+    # the tiny file's hps differ from the released VQ-VAE preset in its shape: an error naming them
+    with pytest.raises(ConvertError, match=r"differ from --preset vqvae in .*emb_width \(16 vs 64\)") as e:
+        convert(vqvae_file, tmp_path / "out", preset="vqvae")
+    assert "width (8 vs 32)" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+    from jukebox_flax.cli import main
+
+    assert main(["convert", str(vqvae_file), str(tmp_path / "out"), "--preset", "vqvae"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_given_hps_that_agree_with_the_file_are_accepted_but_the_files_are_used(vqvae_file, tmp_path):
+    # training-only fields (loss weights, EMA rate) may differ; the file's values are kept
+    given = tmp_path / "hps.json"
+    given.write_text(json.dumps({**hps("vqvae_tiny"), "l_mu": 0.5, "commit": 1.0}))
+    out = convert(vqvae_file, tmp_path / "out", hps=given)
+    assert load_config(out) == VQVAEConfig.from_hps(hps("vqvae_tiny"))
+
+
+def test_hps_or_preset_are_used_when_the_file_has_none(tmp_path):
+    save_official(tmp_path / "v.pth.tar", state_dict(load_npz("openai/vqvae_tiny")))
+    with pytest.raises(ConvertError, match="has no 'hps' entry"):
+        convert(tmp_path / "v.pth.tar", tmp_path / "out")
+    given = tmp_path / "hps.json"
+    given.write_text(json.dumps(hps("vqvae_tiny")))
+    out = convert(tmp_path / "v.pth.tar", tmp_path / "out", hps=given)
+    assert load_config(out) == VQVAEConfig.from_hps(hps("vqvae_tiny"))
 
 
 def test_differing_tied_weights_are_an_error(tmp_path, mappings):

@@ -61,6 +61,13 @@ def test_state_dict_errors_name_the_key(tiny):
         vqvae_params_from_state_dict(missing, config)
     with pytest.raises(VQVAEKeyError, match="unexpected encoders.0.extra"):
         vqvae_params_from_state_dict({**sd, "encoders.0.extra.weight": np.zeros((1, 1, 1))}, config)
+    # tensors of another rank are named too (checked before the conv kernels are transposed)
+    for extra in ((4, 4), (2,), (1, 2, 3, 4)):
+        with pytest.raises(VQVAEKeyError, match=r"unexpected encoders.0.extra.weight"):
+            vqvae_params_from_state_dict({**sd, "encoders.0.extra.weight": np.zeros(extra)}, config)
+    flat_kernel = dict(sd, **{"decoders.0.out.weight": sd["decoders.0.out.weight"][..., 0]})
+    with pytest.raises(VQVAEKeyError, match=r"decoders.0.out.weight has shape"):
+        vqvae_params_from_state_dict(flat_kernel, config)
     bad = dict(sd, **{"bottleneck.level_blocks.0.k": np.zeros((31, 16), np.float32)})
     with pytest.raises(VQVAEKeyError, match=r"bottleneck.level_blocks.0.k has shape \(31, 16\)"):
         vqvae_params_from_state_dict(bad, config)

@@ -2,6 +2,7 @@
 
     prior = jf.load_prior(DIR)                      # a prior directory, or a whole model (+ level=)
     logits = prior.logits(tokens, y=y, upper=upper) # float32 [B, T, bins] (joint for 1b_lyrics style)
+    acts = prior.features(tokens, y=y, layers=36)   # {36: float32 [B, T, width]}: after layer 36 (1-based)
     tokens = prior.sample(key, n, y=y, upper=upper)
 
 Inputs are checked on the host first (shapes, id ranges, timing range) so a user mistake is a
@@ -110,7 +111,7 @@ class Prior:
             raise PriorCallError("only upsamplers take upper codes")
         return tokens, y, upper
 
-    def _jit(self, name: str, fn):
+    def _jit(self, name: Any, fn):
         if name not in self._jitted:
             self._jitted[name] = jax.jit(fn)
         return self._jitted[name]
@@ -126,6 +127,37 @@ class Prior:
         tokens, y, upper = self.check_inputs(tokens, y, upper)
         module = self.module
         fn = self._jit("logits", lambda p, t, y, u: module.apply({"params": p}, t, y, u))
+        return fn(self.params, tokens, y, upper)
+
+    def features(self, tokens: Any, y: Any = None, upper: Any = None, layers: Any = None,
+                 stop_early: bool = True, music_only: bool = True) -> dict[int, jax.Array]:
+        """Teacher-forced activations for representation learning: {n: float32 [B, T, width]}.
+
+        ``layers``: layer counts n in 0..depth (an int or a sequence): the residual stream after the
+        first n layers, i.e. the output of layer n (1-based; n = 0 is the transformer's input). The
+        MIR recipe "layer 36 of 72" is ``layers=36``. Same forward as ``logits``, which is the output
+        head on ``features(..., layers=depth)``: the stream is taken before the x_cond re-add that the
+        original applies after the transformer when not ``merged_decoder``. ``stop_early`` runs no
+        layer past the deepest one asked for. A single encoder-decoder prior (1b_lyrics style)
+        returns the T music positions (``music_only=False``: all n_tokens + T, lyrics first).
+        """
+        depth = self.config.depth
+        if layers is None:
+            raise PriorCallError(f"pass layers: layer counts in 0..{depth} (e.g. {depth // 2})")
+        wanted = (layers,) if np.ndim(layers) == 0 else tuple(layers)
+        try:
+            wanted = tuple(sorted({int(n) for n in wanted}))
+        except (TypeError, ValueError):
+            raise PriorCallError(f"layers must be integers in 0..{depth}, got {layers!r}") from None
+        if not wanted or wanted[0] < 0 or wanted[-1] > depth:
+            raise PriorCallError(f"layers must be layer counts in 0..{depth}, got {list(wanted)}")
+        tokens, y, upper = self.check_inputs(tokens, y, upper)
+        module = self.module
+        fn = self._jit(
+            ("features", wanted, bool(stop_early), bool(music_only)),
+            lambda p, t, y, u: module.apply({"params": p}, t, y, u, layers=wanted, stop_early=bool(stop_early),
+                                            music_only=bool(music_only), method=JukeboxPrior.features),
+        )
         return fn(self.params, tokens, y, upper)
 
     def condition(self, y: Any = None, upper: Any = None) -> dict:

@@ -174,9 +174,14 @@ class Autoregressive(nn.Module):
             return self.x_out(h)
         return h @ self.x_emb.embedding.astype(jnp.float32).T
 
+    def head(self, h: Array, x_cond: Optional[Array] = None) -> Array:
+        """The output head on the final residual stream h [B, T, w] (``features`` at layer ``depth``):
+        float32 logits [B, T, bins], re-adding x_cond first when not ``merged_decoder``."""
+        return self._head(h.astype(jnp.float32), None if x_cond is None else x_cond.astype(jnp.float32))
+
     # -- teacher forcing ----------------------------------------------------------------------
-    def __call__(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
-                 encoder_kv: Optional[Array] = None, return_attn: bool = False):
+    def _embed(self, tokens: Array, x_cond: Optional[Array], y_cond: Optional[Array]) -> tuple[Array, Optional[Array]]:
+        """The transformer's input (shifted token embeddings + start + positions + x_cond) and x_cond (float32)."""
         if tokens.ndim != 2:
             raise PriorInputError(f"tokens must be [batch, time], got shape {tokens.shape}")
         batch, length = tokens.shape
@@ -190,9 +195,28 @@ class Autoregressive(nn.Module):
         cond = None if x_cond is None else x_cond.astype(jnp.float32)
         if cond is not None:
             h = h + cond
+        return h, cond
+
+    def __call__(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
+                 encoder_kv: Optional[Array] = None, return_attn: bool = False):
+        h, cond = self._embed(tokens, x_cond, y_cond)
         h, weights = self.transformer(h, encoder_kv, return_attn)
         out = self._head(h, cond)
         return (out, weights) if return_attn else out
+
+    def features(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
+                 encoder_kv: Optional[Array] = None, layers: tuple[int, ...] = (), stop_early: bool = True
+                 ) -> dict[int, Array]:
+        """Teacher-forced residual stream after the first n layers, for each n in ``layers``
+        (0 = the transformer's input, ``depth`` = its output; as ``__call__``, before the x_cond
+        re-add and the head): {n: float32 [B, T, w]}. ``stop_early`` runs no layer past max(layers)."""
+        layers = tuple(sorted(set(int(n) for n in layers)))
+        if not layers or layers[0] < 0 or layers[-1] > self.depth:
+            raise PriorInputError(f"layers must be a non-empty set of layer counts in 0..{self.depth}, got {layers}")
+        h, _ = self._embed(tokens, x_cond, y_cond)
+        stop = layers[-1] if stop_early else self.depth
+        _, feats = self.transformer(h, encoder_kv, collect=layers, stop=stop)
+        return feats
 
     # -- incremental decoding -----------------------------------------------------------------
     def init_cache(self, batch: int, dtype: Any = None) -> dict:

@@ -19,6 +19,8 @@ Methods (use with ``module.apply({'params': p}, ..., method=JukeboxPrior.<name>)
 - ``__call__(tokens, y, upper, return_attn=False) -> logits`` = the original ``z_forward`` logits:
   tokens int [B, T] music codes of this level; for 'single' the logits cover [lyrics ; music]
   positions and the joint vocabulary, [B, n_tokens + T, n_vocab + bins];
+- ``features(tokens, y, upper, layers, stop_early=True, music_only=True) -> {n: [B, T, W]}``: the
+  residual stream after the first n layers (same forward as ``__call__``; see its docstring);
 - ``loss(tokens, y, upper) -> (loss, {'bpd', 'prime_loss', 'gen_loss'})`` exactly as the original;
 - ``init_cache(batch, dtype)`` (plain method, no params) and ``decode(inputs, start, cache,
   x_cond, y_cond, encoder_kv) -> (logits, cache)``: pass-throughs to ``Autoregressive`` (for 'single'
@@ -131,7 +133,8 @@ class JukeboxPrior(nn.Module):
         return {"x_cond": x_cond, "y_cond": y_cond, "encoder_kv": encoder_kv, "prime": prime}
 
     # -- teacher forcing -------------------------------------------------------------------------
-    def _forward(self, tokens: Array, y: Optional[Array], upper: Optional[Array], return_attn: bool):
+    def _inputs(self, tokens: Array, y: Optional[Array], upper: Optional[Array]):
+        """(model tokens, x_cond cut to their length, conditioning) for the autoregressive model."""
         c = self.config
         cond = self.condition(y, upper)
         tokens = tokens.astype(jnp.int32)
@@ -140,8 +143,25 @@ class JukeboxPrior(nn.Module):
         x_cond = cond["x_cond"]
         if x_cond is not None and x_cond.shape[1] != tokens.shape[1]:
             x_cond = x_cond[:, : tokens.shape[1]]  # shorter than a full window (T < n_ctx)
+        return tokens, x_cond, cond
+
+    def _forward(self, tokens: Array, y: Optional[Array], upper: Optional[Array], return_attn: bool):
+        tokens, x_cond, cond = self._inputs(tokens, y, upper)
         out = self.prior(tokens, x_cond, cond["y_cond"], cond["encoder_kv"], return_attn)
         return out, tokens, cond
+
+    def features(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None,
+                 layers: tuple[int, ...] = (), stop_early: bool = True, music_only: bool = True) -> dict[int, Array]:
+        """{n: float32 [B, T, W]}: the residual stream after the first n layers of the music
+        transformer (n in 0..depth; the MIR recipe's "layer 36 of 72" is n = 36), teacher-forced
+        exactly as ``__call__``. It is the stream itself: before the x_cond re-add that follows the
+        transformer when not ``merged_decoder``. A single encoder-decoder ('single') returns the music
+        positions only (``music_only=False``: all n_tokens + T joint positions, lyrics first)."""
+        tokens, x_cond, cond = self._inputs(tokens, y, upper)
+        feats = self.prior.features(tokens, x_cond, cond["y_cond"], cond["encoder_kv"], layers, stop_early)
+        if self.config.lyrics == "single" and music_only:
+            feats = {n: f[:, self.config.n_tokens :] for n, f in feats.items()}
+        return feats
 
     def __call__(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None,
                  return_attn: bool = False):

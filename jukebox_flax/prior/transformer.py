@@ -285,6 +285,11 @@ class _Unit(nn.Module):
     spec: LayerSpec
     decode: bool = False
     return_attn: bool = False
+    # Feature collection (full forward only). slots[j][r]: where the output of unit j at repeat r goes
+    # in the carried buffer [K + 1, B, T, W] (K = a scratch slot for outputs nobody asked for).
+    slots: Optional[tuple[tuple[int, ...], ...]] = None
+    # (r, j): at repeat r, units j.. do not run (a stop inside the last repeat; skipped by lax.cond).
+    skip: Optional[tuple[int, int]] = None
 
     @nn.compact
     def __call__(self, carry, r, encoder_kv, start):
@@ -295,11 +300,19 @@ class _Unit(nn.Module):
             for j, block in enumerate(blocks):
                 x, cache[f"unit_{j}"] = block.decode(x, start, cache[f"unit_{j}"], r, encoder_kv)
             return (x, cache), None
-        x, ws = carry, []
-        for block in blocks:
-            x, w = block(x, encoder_kv)
-            ws.append(w)
-        return x, (tuple(ws) if self.return_attn else None)
+        x, buf = carry if self.slots is not None else (carry, None)
+        ws = []
+        for j, block in enumerate(blocks):
+            if self.skip is not None and j >= self.skip[1]:
+                x = nn.cond(r < self.skip[0], lambda mdl, h: mdl(h, encoder_kv)[0], lambda mdl, h: h, block, x)
+            else:
+                x, w = block(x, encoder_kv)
+                ws.append(w)
+            if buf is not None and min(self.slots[j]) < buf.shape[0] - 1:
+                slot = jnp.asarray(self.slots[j], jnp.int32)[r]
+                buf = jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), slot, 0)
+        out = x if buf is None else (x, buf)
+        return out, (tuple(ws) if self.return_attn else None)
 
 
 class Transformer(nn.Module):
@@ -326,15 +339,24 @@ class Transformer(nn.Module):
                 cache[seg.key] = zeros(seg.unit[0], 1)
         return cache
 
-    def _scan(self, seg: Segment, decode: bool, return_attn: bool):
+    def _scan(self, seg: Segment, decode: bool, return_attn: bool, length: Optional[int] = None,
+              slots: Optional[tuple] = None, skip: Optional[tuple[int, int]] = None):
+        """The segment's scan over its first ``length`` repeats (default all). Fewer repeats read a
+        slice of the stacked params (``map_variables``), so the param tree never changes."""
+        length = seg.repeat if length is None else length
         scanned = nn.scan(
             _Unit,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast),
-            length=seg.repeat,
+            length=length,
         )
-        return scanned(seg.unit, self.spec, decode, return_attn, name=seg.key)
+        if length < seg.repeat:
+            scanned = nn.map_variables(
+                scanned, "params", trans_in_fn=lambda v: jax.tree_util.tree_map(lambda a: a[:length], v),
+                init=False, mutable=False,
+            )
+        return scanned(seg.unit, self.spec, decode, return_attn, slots, skip, name=seg.key)
 
     @nn.compact
     def __call__(
@@ -344,18 +366,51 @@ class Transformer(nn.Module):
         return_attn: bool = False,
         start: Optional[Array] = None,
         cache: Optional[dict] = None,
+        collect: Optional[Sequence[int]] = None,
+        stop: Optional[int] = None,
     ):
         """Full forward (``cache`` None) -> (x, {layer: attention weights} or None);
-        decode (``cache`` given, ``start`` the first position of x) -> (x, cache)."""
+        decode (``cache`` given, ``start`` the first position of x) -> (x, cache);
+        features (``collect`` given: layer counts n in 0..depth) -> (x, {n: float32 residual stream
+        after the first n layers}); ``stop``: run only the first ``stop`` layers (x is then the
+        stream after them). Collection and stopping keep one scan per segment: the scan runs over
+        the repeats it needs (a param slice) and writes the asked-for outputs into a carried buffer."""
         x = x.astype(self.spec.dtype)
         decode = cache is not None
+        depth = len(self.layout)
+        stop = depth if stop is None else stop
+        if not 0 <= stop <= depth:
+            raise ValueError(f"stop must be in 0..{depth}, got {stop}")
+        if (decode or return_attn) and (collect is not None or stop != depth):
+            raise ValueError("collect / stop work only with the plain full forward")
+        want = sorted(set(collect or ()))
+        if want and not (0 <= want[0] and want[-1] <= stop):
+            raise ValueError(f"layers to collect must be in 0..{stop}, got {want}")
+        feats = {0: x} if 0 in want else {}
         weights, new_cache = {}, {}
         for seg in self.segments:
+            if seg.start >= stop:
+                break
             if seg.scanned:
-                body = self._scan(seg, decode, return_attn and not decode)
-                idx = jnp.arange(seg.repeat)
+                u, end = len(seg.unit), min(seg.stop, stop)
+                n_rep = -(-(end - seg.start) // u)
+                skip = None if (end - seg.start) % u == 0 else (n_rep - 1, (end - seg.start) % u)
+                inside = [n for n in want if seg.start < n <= end]  # n counts layers: output of layer n - 1
+                slots = None
+                if inside:
+                    table = [[len(inside)] * n_rep for _ in seg.unit]
+                    for k, n in enumerate(inside):
+                        r, j = divmod(n - 1 - seg.start, u)
+                        table[j][r] = k
+                    slots = tuple(tuple(t) for t in table)
+                body = self._scan(seg, decode, return_attn and not decode, n_rep, slots, skip)
+                idx = jnp.arange(n_rep)
                 if decode:
                     (x, new_cache[seg.key]), _ = body((x, cache[seg.key]), idx, encoder_kv, start)
+                elif slots is not None:
+                    buf = jnp.zeros((len(inside) + 1,) + x.shape, x.dtype)
+                    (x, buf), _ = body((x, buf), idx, encoder_kv, start)
+                    feats.update({n: buf[k] for k, n in enumerate(inside)})
                 else:
                     x, ws = body(x, idx, encoder_kv, start)
                     if return_attn:
@@ -369,7 +424,11 @@ class Transformer(nn.Module):
                 else:
                     x, w = block(x, encoder_kv)
                     weights[seg.start] = w
+                    if seg.start + 1 in want:
+                        feats[seg.start + 1] = x
         x = x.astype(jnp.float32)
         if decode:
             return x, new_cache
+        if collect is not None:
+            return x, {n: feats[n].astype(jnp.float32) for n in want}
         return x, (weights if return_attn else None)

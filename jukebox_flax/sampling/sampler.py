@@ -166,7 +166,7 @@ def _prepare(prior, y, upper, prime, batch, cache):
 
 def sample_window(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, *, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 0.0, chunk_size: int = 32, row_offset: int = 0,
-                  batch: Optional[int] = None, cache: Any = None) -> tuple[np.ndarray, Any]:
+                  batch: Optional[int] = None, cache: Any = None, mesh: Any = None) -> tuple[np.ndarray, Any]:
     """``sample_prior`` that also takes and returns the KV cache, so a caller sampling many windows
     reuses (donates) one cache allocation. The returned cache must not be used after passing it."""
     config = prior.config
@@ -181,18 +181,20 @@ def sample_window(prior, key: jax.Array, n: int, y=None, upper=None, prime=None,
     cond, tokens, filled, cache = _prepare(prior, y, upper, prime, batch, cache)
     if n == 0:
         return np.asarray(prime, np.int32), cache
+    keys = row_keys(key, tokens.shape[0], row_offset)
+    params, cond, tokens, keys, cache = _place(mesh, prior.params, cond, tokens, keys, cache)
     fn = window_function(prior.module, min(int(chunk_size), config.total_ctx))
-    out, cache, _ = fn(prior.params, cond, tokens, jnp.int32(filled), jnp.int32(filled + n),
-                       row_keys(key, tokens.shape[0], row_offset), jnp.float32(temperature), jnp.int32(top_k),
-                       jnp.float32(top_p), cache)
+    out, cache, _ = fn(params, cond, tokens, jnp.int32(filled), jnp.int32(filled + n), keys,
+                       jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), cache)
     lyric_len = config.prime_len
-    out = np.asarray(out)[:, lyric_len : filled + n]
+    out = _to_host(out)[:, lyric_len : filled + n]
     if lyric_len:
         out = np.maximum(out - config.n_vocab, 0)  # the original's prior_postprocess
     return out.astype(np.int32), cache
 
 
-def score_tokens(prior, tokens, y=None, upper=None, chunk_size: int = 32, joint: bool = False) -> np.ndarray:
+def score_tokens(prior, tokens, y=None, upper=None, chunk_size: int = 32, joint: bool = False,
+                 mesh: Any = None) -> np.ndarray:
     """Logits of existing tokens computed the way sampling computes them (chunked prefill, then one
     position at a time with the KV cache): float32 [B, T, bins]; for a single encoder-decoder the
     lyric positions come first and the vocabulary is the merged one (as ``Prior.logits``), and
@@ -204,16 +206,17 @@ def score_tokens(prior, tokens, y=None, upper=None, chunk_size: int = 32, joint:
         filled = tokens.shape[1]
     else:
         cond, buf, filled, cache = _prepare(prior, y, upper, tokens, None, None)
+    keys = row_keys(jax.random.key(0), buf.shape[0])
+    params, cond, buf, keys, cache = _place(mesh, prior.params, cond, buf, keys, cache)
     fn = window_function(prior.module, min(int(chunk_size), prior.config.total_ctx), True)
-    _, _, logits = fn(prior.params, cond, buf, jnp.int32(filled), jnp.int32(filled),
-                      row_keys(jax.random.key(0), buf.shape[0]), jnp.float32(1.0), jnp.int32(0),
-                      jnp.float32(0.0), cache)
-    return np.asarray(logits)[:, :filled]
+    _, _, logits = fn(params, cond, buf, jnp.int32(filled), jnp.int32(filled), keys, jnp.float32(1.0),
+                      jnp.int32(0), jnp.float32(0.0), cache)
+    return _to_host(logits)[:, :filled]
 
 
 def sample_prior(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 0.0, chunk_size: int = 32, row_offset: int = 0,
-                 batch: Optional[int] = None) -> np.ndarray:
+                 batch: Optional[int] = None, mesh: Any = None) -> np.ndarray:
     """Sample ``n`` new tokens of one window with a prior; returns int32 ``[B, T_prime + n]``.
 
     Like the original ``SimplePrior.sample`` the result is the prime followed by the new tokens.
@@ -224,10 +227,33 @@ def sample_prior(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, 
     original (``top_k=1`` is greedy). ``chunk_size`` positions are prefilled per transformer call.
     ``row_offset``: the index of the first row in a larger batch (row keys depend on it);
     ``batch``: the number of samples when neither y, upper nor prime gives it.
+    ``mesh``: a ``sharding.make_mesh`` mesh: params placed by the sharding rules (a no-op when
+    loaded with ``load_sharded_prior``), batch rows, conditioning and KV cache split over 'data'
+    (the batch must be a multiple of it); the results equal the single-device ones.
     """
     tokens, _ = sample_window(prior, key, n, y, upper, prime, temperature=temperature, top_k=top_k,
-                              top_p=top_p, chunk_size=chunk_size, row_offset=row_offset, batch=batch)
+                              top_p=top_p, chunk_size=chunk_size, row_offset=row_offset, batch=batch,
+                              mesh=mesh)
     return tokens
+
+
+def _place(mesh, params, cond, tokens, keys, cache):
+    """Put the window's arrays on ``mesh`` (None: leave them where they are)."""
+    if mesh is None:
+        return params, cond, tokens, keys, cache
+    from ..sharding import shard_batch, shard_cache, shard_params
+
+    return (shard_params(params, mesh), shard_batch(cond, mesh), shard_batch(tokens, mesh),
+            shard_batch(keys, mesh), shard_cache(cache, mesh))
+
+
+def _to_host(x) -> np.ndarray:
+    """numpy on every process (gathers the rows other hosts hold in a multi-host run)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from ..sharding import to_host
+
+        return to_host(x)
+    return np.asarray(x)
 
 
 def _init_cache(module, batch: int):

@@ -1,0 +1,283 @@
+"""Running on many devices: a named device mesh and sharding rules for params, KV caches and batches.
+
+JAX's SPMD machinery does the work: arrays are placed with ``NamedSharding`` and the jitted model,
+sampler and training step are compiled for those placements (GSPMD propagation; the mesh uses
+``AxisType.Auto`` so no sharding annotations are needed inside the model).
+
+    mesh = make_mesh(data=4, model=2)                 # 8 devices: 4-way batch x 2-way tensor parallel
+    prior = load_sharded_prior(DIR, mesh)              # Orbax restores every param straight into its shard
+    tokens = sample_prior(prior, key, n, y=y, mesh=mesh)   # batch rows split over 'data'
+
+Mesh axes: ``data`` splits the batch (tokens, conditioning, KV caches); ``model`` splits the
+attention projections' q/k/v width and the MLP width (Megatron style: c_attn / c_fc column-split,
+c_proj row-split), the KV caches' feature width, and optionally the vocabulary.
+
+Rules work as in MaxText: every array dimension gets a *logical* name from the param's path
+(``param_axes``), and ``RULES`` maps logical names to mesh axes. A dimension is split only when the
+mesh axis divides it; everything without a rule (conditioners, LayerNorms, embeddings' width) is
+replicated. The layout of the param tree is the one of ``prior/autoregressive.py``: scanned runs
+``transformer/layers_{a}_{b}/unit_{j}/...`` carry a leading stack axis (logical ``layers``).
+The same path rules shard any tree whose leaf paths end like a param's (e.g. optimizer moments).
+
+Multi-host: call :func:`initialize_distributed` first thing in every process (see README "Scale").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from .errors import JukeboxError
+
+__all__ = [
+    "ShardingError",
+    "RULES",
+    "make_mesh",
+    "param_axes",
+    "logical_spec",
+    "param_shardings",
+    "shard_params",
+    "checkpoint_sharding",
+    "cache_shardings",
+    "shard_cache",
+    "batch_sharding",
+    "shard_batch",
+    "load_sharded_prior",
+    "initialize_distributed",
+    "to_host",
+]
+
+DATA, MODEL = "data", "model"
+
+# logical axis -> mesh axis (None: replicated). 'vocab' stays replicated: the logits are small and
+# sampling reads a whole row.
+RULES: tuple[tuple[str, Optional[str]], ...] = (
+    ("batch", DATA),
+    ("heads", MODEL),  # q/k/v width (heads x head dim): c_attn / c_enc_kv columns, c_proj rows
+    ("mlp", MODEL),  # MLP hidden width: c_fc columns, c_proj rows
+    ("kv", MODEL),  # KV cache feature width (= the heads axis of k/v)
+    ("vocab", None),
+    ("embed", None),
+    ("ctx", None),
+    ("cache_len", None),
+    ("layers", None),
+)
+
+# (path suffix, logical axes of the leaf without the stack axis); first match wins
+_PARAM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("attn", "c_attn", "kernel"), ("embed", "heads")),
+    (("attn", "c_attn", "bias"), ("heads",)),
+    (("attn", "c_enc_kv", "kernel"), ("embed", "heads")),
+    (("attn", "c_enc_kv", "bias"), ("heads",)),
+    (("attn", "c_proj", "kernel"), ("heads", "embed")),
+    (("attn", "c_proj", "bias"), ("embed",)),
+    (("mlp", "c_fc", "kernel"), ("embed", "mlp")),
+    (("mlp", "c_fc", "bias"), ("mlp",)),
+    (("mlp", "c_proj", "kernel"), ("mlp", "embed")),
+    (("mlp", "c_proj", "bias"), ("embed",)),
+    (("x_emb", "embedding"), ("vocab", "embed")),
+    (("x_out", "kernel"), ("embed", "vocab")),
+    (("pos_emb",), ("ctx", "embed")),
+)
+
+# a KV cache leaf [R, B, S, n_state] (prior/transformer.py)
+CACHE_AXES = ("layers", "batch", "cache_len", "kv")
+
+
+class ShardingError(JukeboxError, ValueError):
+    """A mesh that does not fit the devices, or a batch the mesh cannot split."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Mesh
+
+
+def make_mesh(data: Optional[int] = None, model: int = 1, devices: Optional[Sequence[Any]] = None) -> Mesh:
+    """A ``(data, model)`` mesh over ``devices`` (default: all devices of all processes).
+
+    ``data`` defaults to ``len(devices) // model``. Axis types are ``Auto`` (classic GSPMD
+    propagation; jax 0.10 defaults to ``Explicit``, which would require annotations in the model).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if model < 1 or len(devices) % model:
+        raise ShardingError(f"model={model} must divide the {len(devices)} devices")
+    data = len(devices) // model if data is None else data
+    if data < 1 or data * model > len(devices):
+        raise ShardingError(f"a {data} x {model} mesh needs {data * model} devices, {len(devices)} available")
+    return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto),
+                         devices=devices[: data * model])
+
+
+# ------------------------------------------------------------------------------------------------
+# Logical axes -> PartitionSpec
+
+
+def _names(keypath: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keypath)
+
+
+def param_axes(path: Sequence[str], ndim: int) -> tuple[Optional[str], ...]:
+    """Logical axis names of a param leaf from its path (e.g. ``('prior', 'transformer',
+    'layers_0_14', 'unit_0', 'mlp', 'c_fc', 'kernel')`` -> ``('layers', 'embed', 'mlp')``).
+    Unknown leaves, and leaves whose rank does not fit the rule, get ``None`` everywhere (replicated)."""
+    path = tuple(path)
+    for suffix, axes in _PARAM_RULES:
+        if path[-len(suffix):] == suffix:
+            if any(p.startswith("layers_") for p in path):
+                axes = ("layers",) + axes
+            if len(axes) == ndim:
+                return axes
+            break
+    return (None,) * ndim
+
+
+def logical_spec(axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
+                 rules: Sequence[tuple[str, Optional[str]]] = RULES) -> PartitionSpec:
+    """The PartitionSpec of an array with logical ``axes``: a dimension is split over its rule's
+    mesh axis when that axis has more than one device and divides the dimension (and is not used
+    by an earlier dimension); otherwise it is replicated."""
+    table, used, spec = dict(rules), set(), []
+    for name, size in zip(axes, shape):
+        axis = table.get(name) if name is not None else None
+        n = mesh.shape.get(axis, 1) if axis is not None else 1
+        if axis is None or n == 1 or size % n or axis in used:
+            spec.append(None)
+        else:
+            spec.append(axis)
+            used.add(axis)
+    return PartitionSpec(*spec)
+
+
+def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+    """A tree of ``NamedSharding`` matching ``params`` (arrays or ShapeDtypeStructs)."""
+
+    def one(keypath, leaf):
+        shape = tuple(np.shape(leaf))
+        return NamedSharding(mesh, logical_spec(param_axes(_names(keypath), len(shape)), shape, mesh, rules))
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def shard_params(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+    """``params`` placed on ``mesh`` by the rules (a no-op for arrays already placed so)."""
+    return jax.device_put(params, param_shardings(params, mesh, rules))
+
+
+def checkpoint_sharding(mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES
+                        ) -> Callable[[tuple[str, ...], tuple[int, ...]], NamedSharding]:
+    """The ``sharding=`` callable of ``checkpoint.load_params``: Orbax then reads every param
+    straight into its shards (each process reads only what its devices hold)."""
+
+    def sharding(path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
+        return NamedSharding(mesh, logical_spec(param_axes(path, len(shape)), shape, mesh, rules))
+
+    return sharding
+
+
+def cache_shardings(cache: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+    """Shardings of a KV cache tree (leaves [R, B, S, n_state]): batch over 'data', width over 'model'."""
+    return jax.tree.map(lambda x: NamedSharding(mesh, logical_spec(CACHE_AXES, x.shape, mesh, rules)), cache)
+
+
+def shard_cache(cache: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+    return jax.device_put(cache, cache_shardings(cache, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) axis over 'data', the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(DATA, *([None] * (ndim - 1))))
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+    """Every array of ``tree`` (None leaves stay None) split over 'data' along its first axis.
+    The batch must be a multiple of the data axis (a clear error otherwise). Host (numpy) inputs
+    must be the whole global batch, identical on every process."""
+    n = mesh.shape[DATA]
+
+    def one(x):
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
+        if x.ndim == 0:
+            return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+        if x.shape[0] % n:
+            raise ShardingError(f"batch {x.shape[0]} is not a multiple of the mesh's data axis ({n})")
+        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host) array as one numpy array on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_sharded_prior(path: Any, mesh: Mesh, level: Optional[int] = None, dtype: Any = None,
+                       rules: Sequence[tuple[str, Optional[str]]] = RULES):
+    """``prior.api.load_prior`` with every param restored by Orbax directly into its shards on
+    ``mesh`` (no full host copy); ``dtype`` casts on restore (e.g. ``jnp.bfloat16``; the module then
+    computes in that dtype too, with float32 LayerNorm, softmax and logits)."""
+    from .checkpoint import CheckpointError, component_dir, load_config, load_params, load_vocab
+    from .config import JukeboxConfig, PriorConfig
+    from .prior.api import Prior, abstract_prior_params
+    from .prior.prior import JukeboxPrior
+
+    config = load_config(path)
+    sub = path
+    if isinstance(config, JukeboxConfig):
+        level = len(config.priors) - 1 if level is None else level
+        if not 0 <= level < len(config.priors):
+            raise CheckpointError(f"{path} has prior levels 0..{len(config.priors) - 1}, not {level}")
+        sub = component_dir(path, f"prior_level_{level}")
+        config = load_config(sub)
+    if not isinstance(config, PriorConfig):
+        raise CheckpointError(f"{sub} holds a {type(config).__name__}, not a prior")
+    params = load_params(sub, dtype=dtype, sharding=checkpoint_sharding(mesh, rules),
+                         expected=abstract_prior_params(config))
+    module = JukeboxPrior(config) if dtype is None else JukeboxPrior(config, dtype=dtype, param_dtype=dtype)
+    return Prior(config=config, params=params, module=module, vocab=load_vocab(sub))
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-host
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, local_device_ids: Optional[Sequence[int]] = None,
+                           auto: bool = False) -> bool:
+    """Connect the processes of a multi-host job (call once, before any other JAX call).
+
+    - explicit: ``coordinator_address='host0:1234', num_processes=N, process_id=i`` (several GPU
+      hosts), or the same through the environment variables ``JAX_COORDINATOR_ADDRESS``,
+      ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``;
+    - ``auto=True``: JAX detects the cluster itself (Cloud TPU pod slices, SLURM, Open MPI).
+
+    Returns True if it initialised, False for a single-process run (nothing to do) or when already
+    initialised. Afterwards ``jax.devices()`` lists the devices of every host, so ``make_mesh()``
+    spans the whole job.
+    """
+    if jax.distributed.is_initialized():
+        return False
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if coordinator_address is None and num_processes is None and not auto:
+        return False
+    if not auto and (coordinator_address is None or num_processes is None or process_id is None):
+        raise ShardingError("multi-host needs coordinator_address, num_processes and process_id "
+                            "(or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), or auto=True")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids)
+    return True

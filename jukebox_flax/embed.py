@@ -255,6 +255,8 @@ def embed_files(
             vocab = load_vocab(sub) or load_vocab(model)
         labeller = _labeller(prior, vocab, artist, genre, lyrics)
     min_total, max_tokens = _timing_limits(c)
+    if labeller is not None:  # a misspelt artist or genre fails now, before any audio is read
+        labeller.get_label(artist, genre, lyrics if c.lyrics != "none" else "", max(min_total, c.sample_length), 0)
     sr, hop, n_ctx = vqvae.config.sr, c.hop_length, c.n_ctx
     bucket = max(c.sample_length, vqvae.config.hop_length)
 

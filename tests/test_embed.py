@@ -139,3 +139,6 @@ def test_embed_command(model_dir, audio_files, tmp_path, capsys):
                  str(tmp_path / "none.npz")]) == 2
     assert "none of the 1 files" in capsys.readouterr().err
     assert not (tmp_path / "none.npz").exists()
+    assert main(["embed", "--model", str(model_dir), "--layer", "3", "--artist", "Nobody At All", str(short),
+                 "--out", str(out)]) == 2
+    assert "unknown artist" in capsys.readouterr().err

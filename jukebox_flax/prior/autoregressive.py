@@ -14,6 +14,11 @@ lyrics + music for a single encoder-decoder) and a vocabulary of ``bins`` tokens
   with ``return_attn=True`` returns (logits, {layer index: softmax weights}) in the original's
   recorded layouts (block / prev_block [B*rows, H, bc, bc], transpose [B*bc, H, rows, rows],
   dense [B, H, T, T], cross [B, H, T, enc], prime [B, H, T - prime_len, prime_len]).
+- ``model.apply({'params': p}, tokens, x_cond, y_cond, encoder_kv, layers=(n, ...), stop_early=True,
+  method=Autoregressive.features)`` -> {n: float32 [B, T, w]}: the same teacher-forced forward,
+  returning the residual stream after the first n layers (0 = the transformer's input, depth = its
+  output, before the x_cond re-add and the head; ``head(h, x_cond)`` applies those). With
+  ``stop_early`` no layer past max(layers) runs.
 - ``cache = model.init_cache(batch, dtype)`` (a plain method: no params needed) -> a pytree of
   zero arrays with static shapes (see ``transformer.py``): per layer ``{'k', 'v'}`` of shape
   [R, B, S, n_state], S per attention type as the original keeps it: dense/transpose n_ctx,

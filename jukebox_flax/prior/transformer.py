@@ -22,6 +22,14 @@ prior compiles a few layer bodies instead of 72. Parameter tree of ``Transformer
     each layer: attn/{c_attn, c_enc_kv (cross only), c_proj}/{kernel [in, out], bias},
                 ln_0/{scale, bias}, mlp/{c_fc, c_proj}/{kernel, bias}, ln_1/{scale, bias}
 
+Features (``collect`` / ``stop``): the residual stream after any layers, and a forward that stops
+after the deepest one, without changing the param tree or adding scans. A run that the stop cuts
+still scans over all its repeats, but the layers past the stop sit behind ``lax.cond`` and do not
+run (slicing the stacked params to scan fewer repeats would copy them: ~10 GB for half the 5B
+prior); asked-for outputs of a run are written into a carried buffer [K + 1, B, T, W] at a slot
+given by a static (unit, repeat) table (slot K collects the rest), so any number of layers costs
+one scan body per run.
+
 The KV cache mirrors it: ``{layers_a_b: {unit_j: {'k', 'v'}}, layer_i: {'k', 'v'}}`` with arrays
 [R, B, S, n_state] (R = 1 for a single layer), S from ``attention.cache_length``.
 """
@@ -288,8 +296,9 @@ class _Unit(nn.Module):
     # Feature collection (full forward only). slots[j][r]: where the output of unit j at repeat r goes
     # in the carried buffer [K + 1, B, T, W] (K = a scratch slot for outputs nobody asked for).
     slots: Optional[tuple[tuple[int, ...], ...]] = None
-    # (r, j): at repeat r, units j.. do not run (a stop inside the last repeat; skipped by lax.cond).
-    skip: Optional[tuple[int, int]] = None
+    # Only the first ``limit`` layers of the run execute (a stop inside it); the rest are skipped
+    # by lax.cond. None: all run.
+    limit: Optional[int] = None
 
     @nn.compact
     def __call__(self, carry, r, encoder_kv, start):
@@ -303,8 +312,10 @@ class _Unit(nn.Module):
         x, buf = carry if self.slots is not None else (carry, None)
         ws = []
         for j, block in enumerate(blocks):
-            if self.skip is not None and j >= self.skip[1]:
-                x = nn.cond(r < self.skip[0], lambda mdl, h: mdl(h, encoder_kv)[0], lambda mdl, h: h, block, x)
+            if self.limit is not None:
+                runs = -(-(self.limit - j) // len(self.unit))  # repeats in which unit j is before the stop
+                if runs > 0:
+                    x = nn.cond(r < runs, lambda mdl, h: mdl(h, encoder_kv)[0], lambda mdl, h: h, block, x)
             else:
                 x, w = block(x, encoder_kv)
                 ws.append(w)
@@ -339,24 +350,16 @@ class Transformer(nn.Module):
                 cache[seg.key] = zeros(seg.unit[0], 1)
         return cache
 
-    def _scan(self, seg: Segment, decode: bool, return_attn: bool, length: Optional[int] = None,
-              slots: Optional[tuple] = None, skip: Optional[tuple[int, int]] = None):
-        """The segment's scan over its first ``length`` repeats (default all). Fewer repeats read a
-        slice of the stacked params (``map_variables``), so the param tree never changes."""
-        length = seg.repeat if length is None else length
+    def _scan(self, seg: Segment, decode: bool, return_attn: bool, slots: Optional[tuple] = None,
+              limit: Optional[int] = None):
         scanned = nn.scan(
             _Unit,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast),
-            length=length,
+            length=seg.repeat,
         )
-        if length < seg.repeat:
-            scanned = nn.map_variables(
-                scanned, "params", trans_in_fn=lambda v: jax.tree_util.tree_map(lambda a: a[:length], v),
-                init=False, mutable=False,
-            )
-        return scanned(seg.unit, self.spec, decode, return_attn, slots, skip, name=seg.key)
+        return scanned(seg.unit, self.spec, decode, return_attn, slots, limit, name=seg.key)
 
     @nn.compact
     def __call__(
@@ -393,18 +396,17 @@ class Transformer(nn.Module):
                 break
             if seg.scanned:
                 u, end = len(seg.unit), min(seg.stop, stop)
-                n_rep = -(-(end - seg.start) // u)
-                skip = None if (end - seg.start) % u == 0 else (n_rep - 1, (end - seg.start) % u)
+                limit = None if end == seg.stop else end - seg.start
                 inside = [n for n in want if seg.start < n <= end]  # n counts layers: output of layer n - 1
                 slots = None
                 if inside:
-                    table = [[len(inside)] * n_rep for _ in seg.unit]
+                    table = [[len(inside)] * seg.repeat for _ in seg.unit]
                     for k, n in enumerate(inside):
                         r, j = divmod(n - 1 - seg.start, u)
                         table[j][r] = k
                     slots = tuple(tuple(t) for t in table)
-                body = self._scan(seg, decode, return_attn and not decode, n_rep, slots, skip)
-                idx = jnp.arange(n_rep)
+                body = self._scan(seg, decode, return_attn and not decode, slots, limit)
+                idx = jnp.arange(seg.repeat)
                 if decode:
                     (x, new_cache[seg.key]), _ = body((x, cache[seg.key]), idx, encoder_kv, start)
                 elif slots is not None:

@@ -127,14 +127,14 @@ def _labeller(prior: Any, vocab: Optional[dict], artist: str, genre: str, lyrics
                      "lyrics, or convert the model with --ids or --vocab")
 
 
-def _timing_limits(config: Any) -> tuple[int, Optional[int]]:
-    """(smallest total_length, largest token count) the timing signal allows (samples, tokens)."""
+def _timing_limits(config: Any) -> tuple[int, Optional[int], Optional[int]]:
+    """(smallest and largest total_length in samples, largest token count) the timing signal allows."""
     if not config.has_timing:
-        return 1, None
+        return 1, None, None
     sr = config.sr
     lo = math.ceil(config.min_duration * sr)
-    max_samples = int(config.max_duration * sr) - 1
-    return lo, max(config.n_ctx, max_samples // config.hop_length)
+    max_samples = math.ceil(config.max_duration * sr) - 1
+    return lo, max_samples, max(config.n_ctx, max_samples // config.hop_length)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def embed_files(
             sub = component_dir(model, f"prior_level_{c.level}")
             vocab = load_vocab(sub) or load_vocab(model)
         labeller = _labeller(prior, vocab, artist, genre, lyrics)
-    min_total, max_tokens = _timing_limits(c)
+    min_total, max_total, max_tokens = _timing_limits(c)
     if labeller is not None:  # a misspelt artist or genre fails now, before any audio is read
         labeller.get_label(artist, genre, lyrics if c.lyrics != "none" else "", max(min_total, c.sample_length), 0)
     sr, hop, n_ctx = vqvae.config.sr, c.hop_length, c.n_ctx
@@ -313,7 +313,7 @@ def embed_files(
                         np.full((n_l, width), -np.inf, np.float32), n=0, left=len(plan), seconds=n_tokens * hop / sr)
         label = None
         if labeller is not None:
-            total = max(n_samples, min_total)
+            total = max(n_samples, min_total) if max_total is None else min(max(n_samples, min_total), max_total)
             label = labeller.get_label(artist, genre, lyrics if c.lyrics != "none" else "", total, 0)
         for w_index, window in enumerate(plan):
             tokens = np.zeros(n_ctx, np.int32)

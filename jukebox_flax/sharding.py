@@ -25,7 +25,7 @@ Multi-host: call :func:`initialize_distributed` first thing in every process (se
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np

@@ -377,17 +377,16 @@ def vqvae_task(
     *,
     init_params: Optional[Mapping] = None,
     bandwidth: Optional[Mapping[str, float]] = None,
-    tokens_per_batch: Optional[int] = None,
+    samples_per_batch: Optional[int] = None,
 ) -> Task:
     """Train a VQ-VAE (``VQVAEConfig``) on batches of audio.
 
     From scratch (``init_params=None``) the codebooks start from the first batch's latents (the
     original ``init_k``); from ``init_params`` (fine-tuning) they are kept and their EMA counts
-    set to ``tokens_per_batch / hop_L / bins`` per level (the original ``restore_k``;
-    ``tokens_per_batch`` = batch size x crop samples). ``bandwidth``: the dataset statistics that
+    set to ``samples_per_batch // hop_L / bins`` per level (the original ``restore_k``;
+    ``samples_per_batch`` defaults to batch size x crop samples). ``bandwidth``: the dataset statistics that
     scale the losses (``data_bandwidth``).
     """
-    from .vqvae import bottleneck as bn
     from .vqvae.api import init_vqvae_params
     from .vqvae.train import init_train_state, make_train_step
 
@@ -401,10 +400,8 @@ def vqvae_task(
         if init_params is None:
             params = init_vqvae_params(config, init_key)
             return init_train_state(config, params, optimizer, code_key, x=jnp.asarray(batch.audio))
-        state = init_train_state(config, init_params, optimizer, code_key)
-        samples = tokens_per_batch or batch.audio.shape[0] * batch.audio.shape[1]
-        ema = tuple(bn.restore_ema_state(k, samples // hop) for k, hop in zip(state.codebooks, config.hop_lengths))
-        return state._replace(ema=ema)
+        samples = samples_per_batch or batch.audio.shape[0] * batch.audio.shape[1]
+        return init_train_state(config, init_params, optimizer, code_key, samples_per_batch=samples)
 
     return Task(
         init=init,
@@ -472,7 +469,7 @@ def prior_task(
     def init(key: jax.Array, batch: Any) -> Any:
         if init_params is not None:
             return init_params
-        return jax.jit(lambda k: init_prior_params(config, k))(key)  # one compile beats op-by-op init
+        return init_prior_params(config, key)  # jitted, compiled once per config
 
     return gradient_task(init, loss_fn, optim, prepare=prepare, mesh=mesh)
 

@@ -30,11 +30,12 @@ def test_greedy_sample_matches_original(loaded):
     np.testing.assert_array_equal(got, want)
 
 
+# One upsampler and the joint-vocabulary prior through the sampler; tests/test_kv_cache.py checks the
+# same chunk-primed logits of every fixture prior's transformer (prior_up1 shares prior_up0's).
+@pytest.mark.parametrize("loaded", ["prior_up0", "prior_top1b"], indirect=True)
 def test_cached_logits_match_original(loaded):
     """The original's chunk-primed (chunk 7) sampling logits, through the same compiled loop."""
     prior, arrays = loaded
-    if prior.config.level == 1 or (prior.config.level == 2 and prior.config.lyrics != "single"):
-        pytest.skip("kept short: one upsampler and the joint-vocabulary prior")
     tokens = arrays["outputs/kv/primed_chunked_tokens"]  # joint [lyrics ; music] for 1b style
     logits = score_tokens(prior, tokens, y=arrays["inputs/y"], upper=_upper(prior, arrays), chunk_size=7,
                           joint=prior.config.lyrics == "single")

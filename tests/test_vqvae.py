@@ -281,6 +281,14 @@ def test_train_step_loss_falls():
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.8 * losses[0], losses
     assert set(state.params) == set(params)
+    # resuming keeps the codebooks; level L's EMA counts assume samples // hop_L tokens (restore_k)
+    resumed = init_train_state(config, state.params, optimizer, key, samples_per_batch=2048)
+    assert config.hop_lengths == (4, 8)
+    for k, ema, new_k, hop in zip(state.codebooks, resumed.ema, resumed.codebooks, config.hop_lengths):
+        usage = 2048 // hop / config.l_bins  # 32 and 16 per code
+        np.testing.assert_array_equal(np.asarray(new_k), np.asarray(k))
+        np.testing.assert_allclose(np.asarray(ema.k_elem), usage)
+        np.testing.assert_allclose(np.asarray(ema.k_sum), np.asarray(k) * usage, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional, Union
 
 import jax
@@ -36,8 +37,13 @@ def _dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array, Optio
     return tokens, y, upper
 
 
+@partial(jax.jit, static_argnames=("config", "param_dtype"))
 def init_prior_params(config: PriorConfig, key: jax.Array, param_dtype: Any = jnp.float32) -> dict:
-    """Freshly initialised params of a prior (the original's inits where they matter)."""
+    """Freshly initialised params of a prior (the original's inits where they matter).
+
+    One compiled program per (config, dtype): op by op, the init's forward pass (scanned layers
+    included) dispatches and compiles every small op on its own, which is slower.
+    """
     module = JukeboxPrior(config, param_dtype=param_dtype)
     return module.init(key, *_dummy_inputs(config), method=JukeboxPrior.loss)["params"]
 

@@ -160,7 +160,7 @@ def _prepare(prior, y, upper, prime, batch, cache):
         tokens[:, :n_prime] = prime
     if cache is None:
         # the model's activation dtype (a half-precision model keeps a half-precision cache)
-        cache = _init_cache(prior.module, batch)
+        cache = prior.module.init_cache(batch)
     return cond, jnp.asarray(tokens), lyric_len + n_prime, cache
 
 
@@ -254,19 +254,6 @@ def _to_host(x) -> np.ndarray:
 
         return to_host(x)
     return np.asarray(x)
-
-
-def _init_cache(module, batch: int):
-    """``module.init_cache(batch)`` on the unbound module (zero caches in the model's activation dtype)."""
-    try:
-        return module.init_cache(batch)
-    except AssertionError:
-        # JukeboxPrior.init_cache builds its Autoregressive without parent=None, which an unbound
-        # Linen module refuses; build it detached here until that is fixed upstream.
-        from ..prior.autoregressive import Autoregressive
-
-        ar = Autoregressive.from_prior_config(module.config, module.dtype, module.param_dtype)
-        return ar.init_cache(batch)
 
 
 def _batch_of(*arrays) -> int:

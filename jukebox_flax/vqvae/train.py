@@ -70,13 +70,14 @@ def init_train_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
     x: jax.Array | None = None,
-    num_tokens: float | None = None,
+    samples_per_batch: int | None = None,
 ) -> TrainState:
     """Start training from ``params``.
 
     With a first batch ``x`` the codebooks are initialised from its latents (the original
     ``init_k``, for training from scratch); without it the stored codebooks are kept and their
-    EMA sums restored (``restore_k`` with ``num_tokens`` tokens per batch).
+    EMA sums restored (the original ``restore_k``): level L assumes ``samples_per_batch // hop_L``
+    tokens per batch (``samples_per_batch``: audio samples per step, all devices; None: usage 1).
     """
     net, codebooks = split_codebooks(params)
     if x is not None:
@@ -85,7 +86,8 @@ def init_train_state(
         codebooks = tuple(k for k, _ in pairs)
         ema = tuple(state for _, state in pairs)
     else:
-        ema = tuple(bn.restore_ema_state(k, num_tokens) for k in codebooks)
+        tokens = [None if samples_per_batch is None else samples_per_batch // hop for hop in config.hop_lengths]
+        ema = tuple(bn.restore_ema_state(k, n) for k, n in zip(codebooks, tokens))
     return TrainState(net, codebooks, ema, optimizer.init(net), jnp.zeros((), jnp.int32))
 
 

@@ -142,3 +142,16 @@ def test_embed_command(model_dir, audio_files, tmp_path, capsys):
     assert main(["embed", "--model", str(model_dir), "--layer", "3", "--artist", "Nobody At All", str(short),
                  "--out", str(out)]) == 2
     assert "unknown artist" in capsys.readouterr().err
+
+
+def test_songs_longer_than_the_timing_range_are_cut(loaded, audio_files):
+    """Past max_duration the timing signal has no bins: the song is cut there (labels stay valid)."""
+    from jukebox_flax.prior.api import Prior
+
+    prior, vq = loaded
+    c = prior.config.replace(min_duration=0.1, max_duration=0.4)
+    short_lived = Prior(config=c, params=prior.params, vocab=prior.vocab)
+    res = embed_files(None, [audio_files[1]], [2], prior=short_lived, vqvae=vq, per_window=True, progress=False)
+    max_tokens = (int(np.ceil(0.4 * 44100)) - 1) // 128  # 137 of the song's 173 tokens
+    assert res.seconds[0] == pytest.approx(max_tokens * 128 / 44100)
+    np.testing.assert_array_equal(res.window_start * 44100 / 128, [0, 64, max_tokens - 64])

@@ -154,4 +154,4 @@ def test_songs_longer_than_the_timing_range_are_cut(loaded, audio_files):
     res = embed_files(None, [audio_files[1]], [2], prior=short_lived, vqvae=vq, per_window=True, progress=False)
     max_tokens = (int(np.ceil(0.4 * 44100)) - 1) // 128  # 137 of the song's 173 tokens
     assert res.seconds[0] == pytest.approx(max_tokens * 128 / 44100)
-    np.testing.assert_array_equal(res.window_start * 44100 / 128, [0, 64, max_tokens - 64])
+    np.testing.assert_allclose(res.window_start * 44100 / 128, [0, 64, max_tokens - 64], atol=1e-3)

@@ -27,7 +27,7 @@ original ``prior_level_2``); the VQ-VAE keeps the original level order. Renames,
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -54,35 +54,39 @@ def hf_prefix(component: str, n_levels: int = 3) -> str:
 # HF -> original
 
 
+def _conv_stack_to_original(head: str, rest: str, block: str, first: int, res: str) -> Optional[str]:
+    """HF ``{block}.N[.resnet_block.D.conv1d_{1,2}].(weight|bias)`` below an original ``head``:
+    ``{head}.{N // 2 + first}.{N % 2}[.{res}.D.model.{1,3}]`` (res: 'model', or the upsamplers' 'blocks')."""
+    r = re.fullmatch(rf"{block}\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.(weight|bias)", rest)
+    if r:
+        n = int(r[1])
+        return f"{head}.{n // 2 + first}.{n % 2}.{res}.{r[2]}.model.{_RES[r[3]]}.{r[4]}"
+    r = re.fullmatch(rf"{block}\.(\d+)\.(weight|bias)", rest)
+    if r:
+        n = int(r[1])
+        return f"{head}.{n // 2 + first}.{n % 2}.{r[2]}"
+    return None
+
+
 def _vqvae_to_original(key: str, downs_t: Sequence[int]) -> str:
     m = re.fullmatch(r"encoders\.(\d+)\.level_blocks\.(\d+)\.(.*)", key)
     if m:
         head, rest = f"encoders.{m[1]}.level_blocks.{m[2]}.model", m[3]
-        r = re.fullmatch(r"downsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.(weight|bias)", rest)
-        if r:
-            n = int(r[1])
-            return f"{head}.{n // 2}.{n % 2}.model.{r[2]}.model.{_RES[r[3]]}.{r[4]}"
-        r = re.fullmatch(r"downsample_block\.(\d+)\.(weight|bias)", rest)
-        if r:
-            n = int(r[1])
-            return f"{head}.{n // 2}.{n % 2}.{r[2]}"
         r = re.fullmatch(r"proj_out\.(weight|bias)", rest)
         if r:
             return f"{head}.{downs_t[int(m[2])]}.{r[1]}"
+        found = _conv_stack_to_original(head, rest, "downsample_block", 0, "model")
+        if found:
+            return found
     m = re.fullmatch(r"decoders\.(\d+)\.level_blocks\.(\d+)\.(.*)", key)
     if m:
         head, rest = f"decoders.{m[1]}.level_blocks.{m[2]}.model", m[3]
-        r = re.fullmatch(r"upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.(weight|bias)", rest)
-        if r:
-            n = int(r[1])
-            return f"{head}.{n // 2 + 1}.{n % 2}.model.{r[2]}.model.{_RES[r[3]]}.{r[4]}"
-        r = re.fullmatch(r"upsample_block\.(\d+)\.(weight|bias)", rest)
-        if r:
-            n = int(r[1])
-            return f"{head}.{n // 2 + 1}.{n % 2}.{r[2]}"
         r = re.fullmatch(r"proj_in\.(weight|bias)", rest)
         if r:
             return f"{head}.0.{r[1]}"
+        found = _conv_stack_to_original(head, rest, "upsample_block", 1, "model")
+        if found:
+            return found
     m = re.fullmatch(r"bottleneck\.level_blocks\.(\d+)\.codebook", key)
     if m:
         return f"bottleneck.level_blocks.{m[1]}.k"
@@ -102,29 +106,34 @@ def _transformer_to_original(rest: str) -> str:
     raise KeyError(rest)
 
 
+# HF prior keys renamed one to one (HF -> original); original_to_hf uses the inverse
+_PRIOR_FIXED = {
+    "metadata_embedding.bow_genre_emb.weight": "y_emb.bow_genre_emb.emb.weight",
+    "metadata_embedding.artist_emb.weight": "y_emb.artist_emb.emb.weight",
+    "prior.embed_tokens.weight": "prior.x_emb.weight",
+    "prior.fc_proj_out.weight": "prior.x_out.weight",
+    "prior.pos_emb.pos_emb": "prior.pos_emb.pos_emb",
+    "prior.start_token": "prior.start_token",
+    "conditioner_blocks.embed_tokens.weight": "conditioner_blocks.0.x_emb.weight",
+    "conditioner_blocks.layer_norm.weight": "conditioner_blocks.0.ln.weight",
+    "conditioner_blocks.layer_norm.bias": "conditioner_blocks.0.ln.bias",
+    "encoder.start_token": "prime_prior.start_token",
+    "encoder.embed_tokens.weight": "prime_prior.x_emb.weight",
+    "encoder.pos_emb.pos_emb": "prime_prior.pos_emb.pos_emb",
+    "encoder.proj_in.weight": "prime_state_proj.w",
+    "encoder.proj_in.bias": "prime_state_proj.b",
+    "encoder.final_layer_norm.weight": "prime_state_ln.weight",
+    "encoder.final_layer_norm.bias": "prime_state_ln.bias",
+    "encoder.lm_head.weight": "prime_x_out.weight",
+}
+_PRIOR_FIXED_TO_HF = {original: hf for hf, original in _PRIOR_FIXED.items()}
+_TIMING_EMB = r"((total_length|absolute_pos|relative_pos)_emb\.emb\.weight)"
+
+
 def _prior_to_original(key: str) -> str:
-    fixed = {
-        "metadata_embedding.bow_genre_emb.weight": "y_emb.bow_genre_emb.emb.weight",
-        "metadata_embedding.artist_emb.weight": "y_emb.artist_emb.emb.weight",
-        "prior.embed_tokens.weight": "prior.x_emb.weight",
-        "prior.fc_proj_out.weight": "prior.x_out.weight",
-        "prior.pos_emb.pos_emb": "prior.pos_emb.pos_emb",
-        "prior.start_token": "prior.start_token",
-        "conditioner_blocks.embed_tokens.weight": "conditioner_blocks.0.x_emb.weight",
-        "conditioner_blocks.layer_norm.weight": "conditioner_blocks.0.ln.weight",
-        "conditioner_blocks.layer_norm.bias": "conditioner_blocks.0.ln.bias",
-        "encoder.start_token": "prime_prior.start_token",
-        "encoder.embed_tokens.weight": "prime_prior.x_emb.weight",
-        "encoder.pos_emb.pos_emb": "prime_prior.pos_emb.pos_emb",
-        "encoder.proj_in.weight": "prime_state_proj.w",
-        "encoder.proj_in.bias": "prime_state_proj.b",
-        "encoder.final_layer_norm.weight": "prime_state_ln.weight",
-        "encoder.final_layer_norm.bias": "prime_state_ln.bias",
-        "encoder.lm_head.weight": "prime_x_out.weight",
-    }
-    if key in fixed:
-        return fixed[key]
-    m = re.fullmatch(r"metadata_embedding\.((total_length|absolute_pos|relative_pos)_emb\.emb\.weight)", key)
+    if key in _PRIOR_FIXED:
+        return _PRIOR_FIXED[key]
+    m = re.fullmatch(rf"metadata_embedding\.{_TIMING_EMB}", key)
     if m:
         return f"y_emb.{m[1]}"
     m = re.fullmatch(r"(prior|encoder)\.transformer\._attn_mods\.(\d+)\.(.*)", key)
@@ -137,17 +146,12 @@ def _prior_to_original(key: str) -> str:
     m = re.fullmatch(r"conditioner_blocks\.upsampler\.(.*)", key)
     if m:
         head, rest = "conditioner_blocks.0.cond.model", m[1]
-        r = re.fullmatch(r"upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.(weight|bias)", rest)
-        if r:
-            n = int(r[1])
-            return f"{head}.{n // 2 + 1}.{n % 2}.blocks.{r[2]}.model.{_RES[r[3]]}.{r[4]}"
-        r = re.fullmatch(r"upsample_block\.(\d+)\.(weight|bias)", rest)
-        if r:
-            n = int(r[1])
-            return f"{head}.{n // 2 + 1}.{n % 2}.{r[2]}"
         r = re.fullmatch(r"proj_in\.(weight|bias)", rest)
         if r:
             return f"{head}.0.{r[1]}"
+        found = _conv_stack_to_original(head, rest, "upsample_block", 1, "blocks")
+        if found:
+            return found
     raise ConvertError(f"unexpected tensor {key} in a Hugging Face prior")
 
 
@@ -178,27 +182,38 @@ def split_hf_state_dict(sd: Mapping[str, np.ndarray], hf_config: Mapping[str, An
 # original -> HF (HF's own converter rules; used by tests and for writing HF-style files)
 
 
+def _conv_stack_to_hf(head: str, rest: str, block: str, first: int, res: str) -> Optional[str]:
+    """The inverse of ``_conv_stack_to_original``: ``J.K[.{res}.D.model.{1,3}].(weight|bias)`` below
+    an original conv stack -> ``{head}.{block}.{2(J - first) + K}[.resnet_block.D.conv1d_{1,2}]...``."""
+    r = re.fullmatch(rf"(\d+)\.(\d+)\.{res}\.(\d+)\.model\.([13])\.(weight|bias)", rest)
+    if r:
+        n = 2 * (int(r[1]) - first) + int(r[2])
+        return f"{head}.{block}.{n}.resnet_block.{r[3]}.conv1d_{_RES_BACK[r[4]]}.{r[5]}"
+    r = re.fullmatch(r"(\d+)\.(\d+)\.(weight|bias)", rest)
+    if r:
+        return f"{head}.{block}.{2 * (int(r[1]) - first) + int(r[2])}.{r[3]}"
+    return None
+
+
 def _original_vqvae_to_hf(key: str) -> str:
-    m = re.fullmatch(r"encoders\.(\d+)\.level_blocks\.(\d+)\.model\.(\d+)\.(\d+)\.model\.(\d+)\.model\.([13])\.(weight|bias)", key)
+    m = re.fullmatch(r"encoders\.(\d+)\.level_blocks\.(\d+)\.model\.(.*)", key)
     if m:
-        return (f"encoders.{m[1]}.level_blocks.{m[2]}.downsample_block.{2 * int(m[3]) + int(m[4])}"
-                f".resnet_block.{m[5]}.conv1d_{_RES_BACK[m[6]]}.{m[7]}")
-    m = re.fullmatch(r"encoders\.(\d+)\.level_blocks\.(\d+)\.model\.(\d+)\.(\d+)\.(weight|bias)", key)
+        head = f"encoders.{m[1]}.level_blocks.{m[2]}"
+        found = _conv_stack_to_hf(head, m[3], "downsample_block", 0, "model")
+        if found:
+            return found
+        r = re.fullmatch(r"\d+\.(weight|bias)", m[3])
+        if r:
+            return f"{head}.proj_out.{r[1]}"
+    m = re.fullmatch(r"decoders\.(\d+)\.level_blocks\.(\d+)\.model\.(.*)", key)
     if m:
-        return f"encoders.{m[1]}.level_blocks.{m[2]}.downsample_block.{2 * int(m[3]) + int(m[4])}.{m[5]}"
-    m = re.fullmatch(r"encoders\.(\d+)\.level_blocks\.(\d+)\.model\.(\d+)\.(weight|bias)", key)
-    if m:
-        return f"encoders.{m[1]}.level_blocks.{m[2]}.proj_out.{m[4]}"
-    m = re.fullmatch(r"decoders\.(\d+)\.level_blocks\.(\d+)\.model\.(\d+)\.(\d+)\.model\.(\d+)\.model\.([13])\.(weight|bias)", key)
-    if m:
-        return (f"decoders.{m[1]}.level_blocks.{m[2]}.upsample_block.{2 * int(m[3]) + int(m[4]) - 2}"
-                f".resnet_block.{m[5]}.conv1d_{_RES_BACK[m[6]]}.{m[7]}")
-    m = re.fullmatch(r"decoders\.(\d+)\.level_blocks\.(\d+)\.model\.(\d+)\.(\d+)\.(weight|bias)", key)
-    if m:
-        return f"decoders.{m[1]}.level_blocks.{m[2]}.upsample_block.{2 * int(m[3]) + int(m[4]) - 2}.{m[5]}"
-    m = re.fullmatch(r"decoders\.(\d+)\.level_blocks\.(\d+)\.model\.0\.(weight|bias)", key)
-    if m:
-        return f"decoders.{m[1]}.level_blocks.{m[2]}.proj_in.{m[3]}"
+        head = f"decoders.{m[1]}.level_blocks.{m[2]}"
+        found = _conv_stack_to_hf(head, m[3], "upsample_block", 1, "model")
+        if found:
+            return found
+        r = re.fullmatch(r"0\.(weight|bias)", m[3])
+        if r:
+            return f"{head}.proj_in.{r[1]}"
     m = re.fullmatch(r"bottleneck\.level_blocks\.(\d+)\.k", key)
     if m:
         return f"bottleneck.level_blocks.{m[1]}.codebook"
@@ -218,38 +233,18 @@ def _original_prior_to_hf(key: str) -> str:
         r = re.fullmatch(r"ln_([01])\.(weight|bias)", rest)
         if r:
             return f"{owner}.transformer._attn_mods.{m[2]}.layer_norm_{r[1]}.{r[2]}"
-    m = re.fullmatch(r"conditioner_blocks\.0\.cond\.model\.(\d+)\.(\d+)\.(?:blocks|model)\.(\d+)\.model\.([13])\.(weight|bias)", key)
+    m = re.fullmatch(r"conditioner_blocks\.0\.cond\.model\.(.*)", key)
     if m:
-        return (f"conditioner_blocks.upsampler.upsample_block.{2 * int(m[1]) + int(m[2]) - 2}"
-                f".resnet_block.{m[3]}.conv1d_{_RES_BACK[m[4]]}.{m[5]}")
-    m = re.fullmatch(r"conditioner_blocks\.0\.cond\.model\.(\d+)\.(\d+)\.(weight|bias)", key)
-    if m:
-        return f"conditioner_blocks.upsampler.upsample_block.{2 * int(m[1]) + int(m[2]) - 2}.{m[3]}"
-    m = re.fullmatch(r"conditioner_blocks\.0\.cond\.model\.0\.(weight|bias)", key)
-    if m:
-        return f"conditioner_blocks.upsampler.proj_in.{m[1]}"
-    inverse = {
-        "y_emb.bow_genre_emb.emb.weight": "metadata_embedding.bow_genre_emb.weight",
-        "y_emb.artist_emb.emb.weight": "metadata_embedding.artist_emb.weight",
-        "prior.x_emb.weight": "prior.embed_tokens.weight",
-        "prior.x_out.weight": "prior.fc_proj_out.weight",
-        "prior.pos_emb.pos_emb": "prior.pos_emb.pos_emb",
-        "prior.start_token": "prior.start_token",
-        "conditioner_blocks.0.x_emb.weight": "conditioner_blocks.embed_tokens.weight",
-        "conditioner_blocks.0.ln.weight": "conditioner_blocks.layer_norm.weight",
-        "conditioner_blocks.0.ln.bias": "conditioner_blocks.layer_norm.bias",
-        "prime_prior.start_token": "encoder.start_token",
-        "prime_prior.x_emb.weight": "encoder.embed_tokens.weight",
-        "prime_prior.pos_emb.pos_emb": "encoder.pos_emb.pos_emb",
-        "prime_state_proj.w": "encoder.proj_in.weight",
-        "prime_state_proj.b": "encoder.proj_in.bias",
-        "prime_state_ln.weight": "encoder.final_layer_norm.weight",
-        "prime_state_ln.bias": "encoder.final_layer_norm.bias",
-        "prime_x_out.weight": "encoder.lm_head.weight",
-    }
-    if key in inverse:
-        return inverse[key]
-    m = re.fullmatch(r"y_emb\.((total_length|absolute_pos|relative_pos)_emb\.emb\.weight)", key)
+        head = "conditioner_blocks.upsampler"
+        found = _conv_stack_to_hf(head, m[1], "upsample_block", 1, "(?:blocks|model)")
+        if found:
+            return found
+        r = re.fullmatch(r"0\.(weight|bias)", m[1])
+        if r:
+            return f"{head}.proj_in.{r[1]}"
+    if key in _PRIOR_FIXED_TO_HF:
+        return _PRIOR_FIXED_TO_HF[key]
+    m = re.fullmatch(rf"y_emb\.{_TIMING_EMB}", key)
     if m:
         return f"metadata_embedding.{m[1]}"
     raise ConvertError(f"no Hugging Face name for prior tensor {key}")

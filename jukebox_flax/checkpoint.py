@@ -26,6 +26,7 @@ __all__ = [
     "save_model_dir",
     "load_config",
     "load_params",
+    "param_metadata",
     "load_vocab",
     "component_dir",
     "is_model_dir",
@@ -241,6 +242,21 @@ def load_vocab(path: PathLike) -> Optional[dict]:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
+def param_metadata(path: PathLike) -> Any:
+    """The stored params tree of a component directory, with shape/dtype leaves (nothing is read)."""
+    import orbax.checkpoint as ocp
+
+    ckpt = Path(path).absolute() / PARAMS_DIR
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            meta = ckptr.metadata(ckpt)
+        except Exception as e:  # orbax raises several types for unreadable checkpoints
+            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {e}") from None
+    return getattr(meta, "item_metadata", meta)
+
+
 def load_params(
     path: PathLike,
     dtype: Any = None,
@@ -257,17 +273,11 @@ def load_params(
     """
     import orbax.checkpoint as ocp
 
+    meta = param_metadata(path)
+    if expected is not None:
+        check_tree(meta, expected, where=str(path))
     ckpt = Path(path).absolute() / PARAMS_DIR
-    if not ckpt.is_dir():
-        raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
     with ocp.StandardCheckpointer() as ckptr:
-        try:
-            meta = ckptr.metadata(ckpt)
-            meta = getattr(meta, "item_metadata", meta)
-        except Exception as e:  # orbax raises several types for unreadable checkpoints
-            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {e}") from None
-        if expected is not None:
-            check_tree(meta, expected, where=str(path))
 
         def target(keypath, m):
             names = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)

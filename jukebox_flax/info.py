@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import PARAMS_DIR, CheckpointError, load_config, load_vocab
+from .checkpoint import load_config, load_vocab, param_metadata
 from .config import JukeboxConfig, PriorConfig, VQVAEConfig
 
 __all__ = ["describe", "param_summary"]
@@ -17,17 +17,8 @@ __all__ = ["describe", "param_summary"]
 def param_summary(path: Any) -> tuple[int, int, dict[str, int]]:
     """(number of arrays, number of parameters, {dtype: parameters}) of a component directory."""
     import jax
-    import orbax.checkpoint as ocp
 
-    ckpt = Path(path).absolute() / PARAMS_DIR
-    if not ckpt.is_dir():
-        raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            meta = ckptr.metadata(ckpt)
-        except Exception as e:  # orbax raises several types for unreadable checkpoints
-            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {e}") from None
-    meta = getattr(meta, "item_metadata", meta)
+    meta = param_metadata(path)
     meta = getattr(meta, "tree", meta)
     leaves = jax.tree_util.tree_leaves(meta, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
     dtypes: dict[str, int] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -41,3 +42,19 @@ def ids_dir() -> Path:
     if not IDS_DIR.is_dir():
         pytest.skip("../shared/jukebox_ids not available")
     return IDS_DIR
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    """The synthetic dataset (one 1 s song per artist/genre pair), written once; tests only read it."""
+    out = tmp_path_factory.mktemp("synthetic")
+    load_script("make_synthetic_dataset").make_dataset(out, songs_per_pair=1, seconds=1.0, seed=0)
+    return out

@@ -4,33 +4,17 @@ and the synthetic dataset's label-dependent audio."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import load_script
 from jukebox_flax.audio import load_audio
 from jukebox_flax.data import AudioDataset, DataError, labeller_for_songs, read_metadata
 from jukebox_flax.labels import LabelError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def synthetic_module():
-    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", ROOT / "scripts/make_synthetic_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    synthetic_module().make_dataset(out, songs_per_pair=1, seconds=1.0, seed=0)
-    return out
 
 
 def test_metadata_csv_and_jsonl_agree(data, tmp_path):
@@ -128,7 +112,7 @@ def test_synthetic_labels_are_audible(data):
 
 
 def test_synthetic_dataset_is_deterministic(tmp_path):
-    make = synthetic_module().make_dataset
+    make = load_script("make_synthetic_dataset").make_dataset
     make(tmp_path / "a", songs_per_pair=1, seconds=0.25, seed=7)
     make(tmp_path / "b", songs_per_pair=1, seconds=0.25, seed=7)
     assert (tmp_path / "a/metadata.csv").read_text() == (tmp_path / "b/metadata.csv").read_text()

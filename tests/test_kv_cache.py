@@ -153,10 +153,13 @@ def test_fixture_kv_logits(name):
         x_cond, lyric = jnp.asarray(f["outputs/kv/cond_full"]), int(f["outputs/kv/lyric_prefix_len"])
     total = cfg.total_ctx
     primed, chunk = int(f["outputs/kv/primed_len"]), int(f["outputs/kv/chunk_size"])
+    # Every prefix goes in chunks of the original's chunk-primed sampling (7, the remainder, then
+    # single tokens), so each prior compiles three decode steps, not one per prefix length; the
+    # logits do not depend on the chunking (one chunk over many blocks: test_chunked_priming_equals_forward).
     plans = {
-        # the single enc-dec model always primes with its lyrics (one chunk)
-        "ancestral": ([lyric] if lyric else []) + [1] * (total - lyric),
-        "primed": [primed] + [1] * (total - primed),
+        # the single enc-dec model always primes with its lyrics
+        "ancestral": (_split_chunks(lyric, chunk) if lyric else []) + [1] * (total - lyric),
+        "primed": _split_chunks(primed, chunk) + [1] * (total - primed),
         "primed_chunked": _split_chunks(primed, chunk) + [1] * (total - primed),
     }
     for kind, chunks in plans.items():

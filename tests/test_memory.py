@@ -9,7 +9,7 @@ import pytest
 
 from jukebox_flax.config import preset
 from jukebox_flax.memory import GB, memory_plan, pick_batch_chunk
-from jukebox_flax.sampling.sampler import condition_function, row_keys, window_function
+from jukebox_flax.sampling.sampler import condition_function, window_function
 from sampling_fixtures import fixture_prior
 
 
@@ -48,7 +48,7 @@ def test_plan_bounds_the_compiled_window():
     cond = condition_function(prior.module)(prior.params, y, None)
     tokens = jnp.zeros((batch, prior.config.total_ctx), jnp.int32)
     compiled = window_function(prior.module, chunk).lower(
-        prior.params, cond, tokens, jnp.int32(0), jnp.int32(64), row_keys(jax.random.key(0), batch),
+        prior.params, cond, tokens, jnp.int32(0), jnp.int32(64), jax.random.key(0), jnp.int32(0),
         jnp.float32(1), jnp.int32(0), jnp.float32(0), prior.module.init_cache(batch)).compile()
     m = compiled.memory_analysis()
     xla = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes

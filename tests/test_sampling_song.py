@@ -14,6 +14,7 @@ import pytest
 
 from conftest import hps, load_npz
 from jukebox_flax.config import PriorConfig, VQVAEConfig
+from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.song import LevelLabels, LevelSettings, RunDir, sample_song
 
 TRACE = load_npz("openai/pipeline_trace")
@@ -151,3 +152,45 @@ def test_partial_windows_with_the_real_top_prior(real_priors):
     for total, name in ((20, "partial_top_first"), (44, "partial_top_second")):
         zs = sample_level(real_priors[2], zs, 2, total, 8, labels[2], SETTINGS[2], jax.random.key(0))
         np.testing.assert_array_equal(zs[2], TRACE[name])
+
+
+def test_batch_split_follows_max_batch_size_or_the_memory_plan(monkeypatch):
+    """Rows per sampler call: max_batch_size when set, else memory.pick_batch_chunk for the prior's
+    config, batch and activation dtype; each part carries its row offset (row keys stay the same)."""
+    import jax.numpy as jnp
+
+    from jukebox_flax.sampling import song
+    from jukebox_flax.sampling.song import rows_per_call, sample_level
+
+    c = CONFIGS[2]
+    calls = []
+
+    def fake_sample(prior, key, n, y=None, upper=None, prime=None, *, row_offset, batch, cache, **kw):
+        calls.append((row_offset, batch))
+        return np.zeros((batch, prime.shape[1] + n), np.int32), cache
+
+    def run(settings):
+        calls.clear()
+        zs = [np.zeros((5, 0), np.int32) for _ in range(3)]
+        labels = LevelLabels(y=np.repeat(TRACE["labels_y/2"][:1], 5, 0),
+                             full_tokens=[list(TRACE["labels_y/2"][0][-c.n_tokens:])] * 5)
+        zs = sample_level(PRIORS[2], zs, 2, c.n_ctx, c.n_ctx, labels, settings, jax.random.key(0),
+                          sample_fn=fake_sample)
+        assert zs[2].shape == (5, c.n_ctx)
+        return list(calls)
+
+    assert run(LevelSettings(max_batch_size=2)) == [(0, 2), (2, 2), (4, 1)]
+    picked = []
+
+    def fake_pick(config, n_samples, dtype, released, chunk_size):
+        picked.append((config, n_samples, jnp.dtype(dtype), released, chunk_size))
+        return 3
+
+    monkeypatch.setattr(song, "pick_batch_chunk", fake_pick)
+    assert run(LevelSettings(chunk_size=8)) == [(0, 3), (3, 2)]
+    assert picked == [(c, 5, jnp.dtype(jnp.float32), False, 8)]  # once per level, not per window
+    monkeypatch.undo()
+    # on a CPU (no memory limit) the plan takes every row at once
+    assert rows_per_call(PRIORS[2], 5, LevelSettings()) == 5
+    with pytest.raises(SamplingError, match="max_batch_size"):
+        rows_per_call(PRIORS[2], 5, LevelSettings(max_batch_size=0))

@@ -4,7 +4,6 @@ metrics CSV, and the VQ-VAE / prior scripts end to end on tiny configs."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,9 +17,9 @@ import pytest
 from jukebox_flax import training
 
 import training_toy as toy
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
 
 # One level (hop 4) keeps compilation short; the prior is that level's (top) prior, with lyrics.
 TINY_VQVAE = {
@@ -34,20 +33,6 @@ TINY_PRIOR = {
     "max_bow_genre_size": 1, "min_duration": 0.5, "max_duration": 10.0, "lyrics": "single", "n_tokens": 8,
     "n_vocab": 80, "prime_loss_fraction": 0.4,
 }
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    load_script("make_synthetic_dataset").make_dataset(out, songs_per_pair=1, seconds=1.0)
-    return out
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -166,6 +166,13 @@ def _write(cache: Array, r: Array, slots: Array, new: Array) -> Array:
     return cache.at[r, :, slots].set(jnp.swapaxes(new, 0, 1).astype(cache.dtype), mode="drop")
 
 
+def _write_one(cache: Array, r: Array, slot: Array, new: Array) -> Array:
+    """cache[r, :, slot] = new[:, 0] for one slot inside the cache, as an in-place dynamic_update_slice."""
+    zero = jnp.zeros((), jnp.int32)
+    update = new[None, :, :1].astype(cache.dtype)  # [1, B, 1, d]
+    return lax.dynamic_update_slice(cache, update, (jnp.asarray(r, jnp.int32), zero, jnp.asarray(slot, jnp.int32), zero))
+
+
 def _layer(cache: Array, r: Array) -> Array:
     return lax.dynamic_index_in_dim(cache, r, axis=0, keepdims=False)
 
@@ -203,15 +210,21 @@ def decode_attention(
 
     if attn_type in ("dense", "prime"):
         # never wraps: write first, then attend to every kept position <= t
-        cache_k, cache_v = _write(cache_k, r, pos, k_new), _write(cache_v, r, pos, v_new)
+        if c == 1 and attn_type == "dense":  # a step's slot is always inside a dense cache
+            cache_k, cache_v = _write_one(cache_k, r, pos[0], k_new), _write_one(cache_v, r, pos[0], v_new)
+        else:  # a prime cache drops positions past its keys
+            cache_k, cache_v = _write(cache_k, r, pos, k_new), _write(cache_v, r, pos, v_new)
         mask = jnp.arange(size)[None, :] <= pos[:, None]
         out, _ = attend(q, _layer(cache_k, r), _layer(cache_v, r), heads, mask)
         return out, cache_k, cache_v
 
     if attn_type == "transpose_block":
         rows = n_ctx // block_ctx
-        cache_k = _write(cache_k, r, (pos % block_ctx) * rows + pos // block_ctx, k_new)
-        cache_v = _write(cache_v, r, (pos % block_ctx) * rows + pos // block_ctx, v_new)
+        slot = (pos % block_ctx) * rows + pos // block_ctx
+        if c == 1:
+            cache_k, cache_v = _write_one(cache_k, r, slot[0], k_new), _write_one(cache_v, r, slot[0], v_new)
+        else:
+            cache_k, cache_v = _write(cache_k, r, slot, k_new), _write(cache_v, r, slot, v_new)
         # each query reads its own column: slots col*rows .. col*rows + rows - 1 (row j = position j*bc+col)
         idx = (pos % block_ctx)[:, None] * rows + jnp.arange(rows)[None, :]  # [C, rows]
         keys = jnp.moveaxis(cache_k[r, :, idx], 2, 0)  # [B, C, rows, d]
@@ -227,13 +240,23 @@ def decode_attention(
         return jnp.einsum("bhcj,bcjhd->bchd", w, vh).reshape(b, c, d), cache_k, cache_v
 
     if attn_type in ("block", "prev_block"):
-        # rings: attend to (old ring ; chunk) with positions, then keep the newest entries
         slots = jnp.arange(size)
-        old_pos = slots + size * jnp.floor_divide(start - 1 - slots, size)  # last position < start in a slot
-        key_pos = jnp.concatenate([old_pos, pos])
-        key_ok = jnp.concatenate([old_pos >= 0, jnp.ones((c,), bool)])
-        keys = jnp.concatenate([_layer(cache_k, r), k_new], axis=1)
-        vals = jnp.concatenate([_layer(cache_v, r), v_new], axis=1)
+        if c == 1:
+            # a sampling step: write the new entry into its ring slot first (in place), then attend to
+            # the ring. Reading the old ring and appending the entry, as for chunks below, makes XLA
+            # copy the stacked ring caches of the layer loop on every step.
+            cache_k = _write_one(cache_k, r, pos[0] % size, k_new)
+            cache_v = _write_one(cache_v, r, pos[0] % size, v_new)
+            key_pos = slots + size * jnp.floor_divide(start - slots, size)  # newest position <= start in a slot
+            key_ok = key_pos >= 0
+            keys, vals = _layer(cache_k, r), _layer(cache_v, r)
+        else:
+            # chunks: attend to (old ring ; chunk) with positions, then keep the newest entries
+            old_pos = slots + size * jnp.floor_divide(start - 1 - slots, size)  # last position < start in a slot
+            key_pos = jnp.concatenate([old_pos, pos])
+            key_ok = jnp.concatenate([old_pos >= 0, jnp.ones((c,), bool)])
+            keys = jnp.concatenate([_layer(cache_k, r), k_new], axis=1)
+            vals = jnp.concatenate([_layer(cache_v, r), v_new], axis=1)
         row_start = (pos // block_ctx) * block_ctx
         if attn_type == "block":
             lo, hi = row_start, pos + 1
@@ -244,6 +267,8 @@ def decode_attention(
         if attn_type == "prev_block":
             # the original's row 0 attends to zero keys and values: output exactly 0
             out = jnp.where((pos < block_ctx)[None, :, None], jnp.zeros((), out.dtype), out)
+        if c == 1:
+            return out, cache_k, cache_v
         keep = min(c, size)
         cache_k = _write(cache_k, r, pos[c - keep:] % size, k_new[:, c - keep:])
         cache_v = _write(cache_v, r, pos[c - keep:] % size, v_new[:, c - keep:])

@@ -26,7 +26,7 @@ from .errors import SamplingError
 from .filter import check_filter_args
 from .song import LevelLabels, LevelSettings, RunDir
 
-__all__ = ["SamplePlan", "plan_sample", "run_sample", "DEFAULT_TEMPERATURE"]
+__all__ = ["SamplePlan", "plan_sample", "run_sample", "default_model", "DEFAULT_TEMPERATURE"]
 
 DEFAULT_TEMPERATURE = 0.99  # the original sample.py's value for every level
 
@@ -73,13 +73,20 @@ def _temperatures(values: Optional[list[float]], n_levels: int) -> list[float]:
     return values
 
 
+def default_model() -> Path:
+    """The bundled demo model (``jukebox_flax/assets/demo_model``): a tiny model trained on the
+    synthetic dataset of ``scripts/make_synthetic_dataset.py``, used when ``--model`` is omitted."""
+    path = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+    if not (path / "config.json").is_file():
+        raise SamplingError(f"the bundled demo model is missing ({path}); pass --model DIR")
+    return path
+
+
 def plan_sample(args: argparse.Namespace) -> SamplePlan:
     """Check the arguments of ``jukebox-flax sample`` against the model; load nothing heavy."""
     from ..labels import Labeller
 
-    if args.model is None:
-        raise SamplingError("pass --model DIR (a whole-model directory written by `jukebox-flax convert`)")
-    model = Path(args.model)
+    model = Path(args.model) if args.model is not None else default_model()
     config = load_config(model)
     if not isinstance(config, JukeboxConfig):
         raise SamplingError(f"{model} holds a single {type(config).__name__}; sampling needs a whole model")

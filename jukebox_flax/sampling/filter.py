@@ -9,7 +9,11 @@ loop, then filters:
   likely token is always kept).
 
 top-k and top-p are mutually exclusive, as in the original. Every argument may be a traced value, so
-one compiled sampling loop serves any temperature / top-k / top-p (0 switches a filter off).
+one compiled sampling loop serves any temperature / top-k / top-p (0 switches a filter off). Each
+filter sits behind ``lax.cond``, so a filter that is off costs nothing (the nucleus sorts the whole
+vocabulary: 0.8 ms a step at 2048 codes on a CPU, ten times the categorical draw), and the k-th
+largest logit comes from ``lax.top_k`` of the smallest of a few static sizes that holds it (a
+``lax.switch``), not from a sort.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Scalar = Union[float, int, jax.Array]
 
@@ -34,24 +39,25 @@ def check_filter_args(top_k: int, top_p: float) -> None:
         raise SamplingError("top_k and top_p cannot both be set (as in the original sampler)")
 
 
-def filter_logits(logits: jax.Array, top_k: Scalar = 0, top_p: Scalar = 0.0) -> jax.Array:
-    """Set the logits outside the top-k / nucleus to ``-inf`` (last axis = vocabulary).
+_TOP_K_SIZES = (8, 64, 512)  # static lax.top_k sizes tried before the whole vocabulary
 
-    ``top_k`` 0 and ``top_p`` 0.0 leave the logits unchanged; ``top_k`` larger than the vocabulary
-    keeps everything (the original's ``min(top_k, vocab)``).
-    """
-    logits = jnp.asarray(logits)
+
+def _kth_largest(logits: jax.Array, k: jax.Array) -> jax.Array:
+    """The k-th largest logit of every row ([..., 1]; 1 <= k <= vocab, k traced), ties counted as
+    a descending sort counts them: ``lax.top_k`` of the smallest static size >= k."""
     vocab = logits.shape[-1]
+    sizes = sorted({min(n, vocab) for n in _TOP_K_SIZES} | {vocab})
+    branch = sum(((k > n).astype(jnp.int32) for n in sizes[:-1]), jnp.int32(0))
+
+    def kth(size):
+        return lambda x: jnp.take(lax.top_k(x, size)[0], jnp.maximum(k - 1, 0), axis=-1)[..., None]
+
+    return lax.switch(branch, [kth(n) for n in sizes], logits)
+
+
+def _nucleus(logits: jax.Array, p: jax.Array) -> jax.Array:
+    """The original's top-p on ``logits`` (p > 0)."""
     neg_inf = jnp.array(-jnp.inf, logits.dtype)
-    desc = -jnp.sort(-logits, axis=-1)  # descending
-
-    # top-k: threshold = the k-th largest logit.
-    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 0, vocab)
-    kth = jnp.take(desc, jnp.maximum(k - 1, 0), axis=-1)[..., None]
-    logits = jnp.where((k > 0) & (logits < kth), neg_inf, logits)
-
-    # top-p on the (possibly already top-k filtered) logits, as the original's second branch.
-    p = jnp.asarray(top_p, jnp.float32)
     order = jnp.argsort(-logits, axis=-1, stable=True)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1), axis=-1)
@@ -62,7 +68,26 @@ def filter_logits(logits: jax.Array, top_k: Scalar = 0, top_p: Scalar = 0.0) -> 
     )
     remove = jnp.zeros_like(remove_sorted)
     remove = jnp.put_along_axis(remove, order, remove_sorted, axis=-1, inplace=False)
-    return jnp.where((p > 0.0) & remove, neg_inf, logits)
+    return jnp.where(remove, neg_inf, logits)
+
+
+def filter_logits(logits: jax.Array, top_k: Scalar = 0, top_p: Scalar = 0.0) -> jax.Array:
+    """Set the logits outside the top-k / nucleus to ``-inf`` (last axis = vocabulary).
+
+    ``top_k`` 0 and ``top_p`` 0.0 leave the logits unchanged; ``top_k`` larger than the vocabulary
+    keeps everything (the original's ``min(top_k, vocab)``). ``top_k`` and ``top_p`` are scalars.
+    """
+    logits = jnp.asarray(logits)
+    vocab = logits.shape[-1]
+    neg_inf = jnp.array(-jnp.inf, logits.dtype)
+
+    # top-k: every logit below the k-th largest goes.
+    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 0, vocab)
+    logits = lax.cond(k > 0, lambda x: jnp.where(x < _kth_largest(x, k), neg_inf, x), lambda x: x, logits)
+
+    # top-p on the (possibly already top-k filtered) logits, as the original's second branch.
+    p = jnp.asarray(top_p, jnp.float32)
+    return lax.cond(p > 0.0, lambda x: _nucleus(x, p), lambda x: x, logits)
 
 
 def sample_token(key: jax.Array, logits: jax.Array, temperature: Scalar = 1.0, top_k: Scalar = 0,

@@ -51,9 +51,10 @@ class SamplingState:
     cache: Any
 
 
-def row_keys(key: jax.Array, batch: int, row_offset: int = 0) -> jax.Array:
-    """One key per batch row, derived from the row's index in the whole batch."""
-    rows = jnp.arange(row_offset, row_offset + batch, dtype=jnp.uint32)
+def row_keys(key: jax.Array, batch: int, row_offset=0) -> jax.Array:
+    """One key per batch row, derived from the row's index in the whole batch (``row_offset`` may
+    be traced: the window function derives the keys inside its compiled loop)."""
+    rows = jnp.asarray(row_offset, jnp.uint32) + jnp.arange(batch, dtype=jnp.uint32)
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
 
 
@@ -62,12 +63,13 @@ def _decode(module, params, inputs, start, cache, cond):
 
 
 def _window_loop(module, chunk_size: int, with_logits: bool, params, cond: dict, tokens: jax.Array,
-                 n_prime: jax.Array, end: jax.Array, keys: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                 top_p: jax.Array, cache: Any):
+                 n_prime: jax.Array, end: jax.Array, key: jax.Array, row_offset: jax.Array, temperature: jax.Array,
+                 top_k: jax.Array, top_p: jax.Array, cache: Any):
     """Fill ``tokens[:, n_prime:end]`` given ``tokens[:, :n_prime]``; returns (tokens, cache, logits)
     where logits [B, L, bins] are the model's (unfiltered) logits at positions < end when
     ``with_logits``, else None."""
     batch, length = tokens.shape
+    keys = row_keys(key, batch, row_offset)
     # Entries are written before they are read (position t's keys/values are stored when t is
     # decoded, and attention only looks back), but zeroing keeps a reused cache free of old windows.
     cache = jax.tree.map(jnp.zeros_like, cache)
@@ -119,8 +121,10 @@ def _window_loop(module, chunk_size: int, with_logits: bool, params, cond: dict,
 def window_function(module, chunk_size: int, with_logits: bool = False):
     """The compiled window sampler of a model (one per module and chunk size; the KV cache is donated).
 
-    Call it as ``fn(params, cond, tokens, n_prime, end, keys, temperature, top_k, top_p, cache)``
-    -> (tokens, cache, logits or None); ``fn._cache_size()`` counts its compilations.
+    Call it as ``fn(params, cond, tokens, n_prime, end, key, row_offset, temperature, top_k, top_p,
+    cache)`` -> (tokens, cache, logits or None): ``key`` the window's key (row keys are derived
+    inside, see ``row_keys``); ``fn._cache_size()`` counts its compilations. Scalars may be numpy
+    scalars (cheaper to pass than jax arrays).
     """
     return jax.jit(functools.partial(_window_loop, module, chunk_size, with_logits), donate_argnames=("cache",))
 
@@ -136,6 +140,12 @@ def condition_function(module):
     return jax.jit(condition)
 
 
+@functools.lru_cache(maxsize=None)
+def _zero_cache_function(module, batch: int):
+    """The compiled ``module.init_cache(batch)``: one call instead of a dispatch per cache array."""
+    return jax.jit(lambda: module.init_cache(batch))
+
+
 def _prepare(prior, y, upper, prime, batch, cache):
     """Conditioning, the token buffer ([lyrics ; music] in the merged vocabulary for a single
     encoder-decoder) and a cache for one window."""
@@ -148,8 +158,9 @@ def _prepare(prior, y, upper, prime, batch, cache):
     batch, n_prime = prime.shape
     if n_prime and (prime.min() < 0 or prime.max() >= config.bins):
         raise SamplingError(f"prime codes must be in [0, {config.bins})")
-    y = None if y is None else jnp.asarray(y, jnp.int32)
-    upper = None if upper is None else jnp.asarray(upper, jnp.int32)
+    # numpy in: the compiled function transfers it faster than separate jnp.asarray calls would
+    y = None if y is None else np.asarray(y, np.int32)
+    upper = None if upper is None else np.asarray(upper, np.int32)
     cond = condition_function(prior.module)(prior.params, y, upper)
     lyric_len = config.prime_len
     tokens = np.zeros((batch, config.total_ctx), np.int32)
@@ -160,8 +171,8 @@ def _prepare(prior, y, upper, prime, batch, cache):
         tokens[:, :n_prime] = prime
     if cache is None:
         # the model's activation dtype (a half-precision model keeps a half-precision cache)
-        cache = prior.module.init_cache(batch)
-    return cond, jnp.asarray(tokens), lyric_len + n_prime, cache
+        cache = _zero_cache_function(prior.module, batch)()
+    return cond, tokens, lyric_len + n_prime, cache
 
 
 def sample_window(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, *, temperature: float = 1.0,
@@ -181,11 +192,10 @@ def sample_window(prior, key: jax.Array, n: int, y=None, upper=None, prime=None,
     cond, tokens, filled, cache = _prepare(prior, y, upper, prime, batch, cache)
     if n == 0:
         return np.asarray(prime, np.int32), cache
-    keys = row_keys(key, tokens.shape[0], row_offset)
-    params, cond, tokens, keys, cache = _place(mesh, prior.params, cond, tokens, keys, cache)
+    params, cond, tokens, cache = _place(mesh, prior.params, cond, tokens, cache)
     fn = window_function(prior.module, min(int(chunk_size), config.total_ctx))
-    out, cache, _ = fn(params, cond, tokens, jnp.int32(filled), jnp.int32(filled + n), keys,
-                       jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), cache)
+    out, cache, _ = fn(params, cond, tokens, np.int32(filled), np.int32(filled + n), key, np.int32(row_offset),
+                       np.float32(temperature), np.int32(top_k), np.float32(top_p), cache)
     lyric_len = config.prime_len
     out = _to_host(out)[:, lyric_len : filled + n]
     if lyric_len:
@@ -202,15 +212,14 @@ def score_tokens(prior, tokens, y=None, upper=None, chunk_size: int = 32, joint:
     tokens = np.asarray(tokens, np.int32)
     if joint:
         cond, buf, _, cache = _prepare(prior, y, upper, None, tokens.shape[0], None)
-        buf = buf.at[:, : tokens.shape[1]].set(tokens)
+        buf[:, : tokens.shape[1]] = tokens
         filled = tokens.shape[1]
     else:
         cond, buf, filled, cache = _prepare(prior, y, upper, tokens, None, None)
-    keys = row_keys(jax.random.key(0), buf.shape[0])
-    params, cond, buf, keys, cache = _place(mesh, prior.params, cond, buf, keys, cache)
+    params, cond, buf, cache = _place(mesh, prior.params, cond, buf, cache)
     fn = window_function(prior.module, min(int(chunk_size), prior.config.total_ctx), True)
-    _, _, logits = fn(params, cond, buf, jnp.int32(filled), jnp.int32(filled), keys, jnp.float32(1.0),
-                      jnp.int32(0), jnp.float32(0.0), cache)
+    _, _, logits = fn(params, cond, buf, np.int32(filled), np.int32(filled), jax.random.key(0), np.int32(0),
+                      np.float32(1.0), np.int32(0), np.float32(0.0), cache)
     return _to_host(logits)[:, :filled]
 
 
@@ -237,14 +246,14 @@ def sample_prior(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, 
     return tokens
 
 
-def _place(mesh, params, cond, tokens, keys, cache):
+def _place(mesh, params, cond, tokens, cache):
     """Put the window's arrays on ``mesh`` (None: leave them where they are)."""
     if mesh is None:
-        return params, cond, tokens, keys, cache
+        return params, cond, tokens, cache
     from ..sharding import shard_batch, shard_cache, shard_params
 
     return (shard_params(params, mesh), shard_batch(cond, mesh), shard_batch(tokens, mesh),
-            shard_batch(keys, mesh), shard_cache(cache, mesh))
+            shard_cache(cache, mesh))
 
 
 def _to_host(x) -> np.ndarray:

@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..labels import window_y
+from ..memory import pick_batch_chunk
 from .errors import SamplingError
 from .sampler import sample_window
 from .windows import Window, level_windows, upper_codes
 
 __all__ = ["LevelSettings", "LevelLabels", "window_key", "sample_level", "sample_song", "RunDir",
-           "level_lengths"]
+           "level_lengths", "rows_per_call"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,9 @@ class LevelSettings:
     top_k: int = 0
     top_p: float = 0.0
     chunk_size: int = 32  # prime positions per transformer call
-    max_batch_size: int = 16  # rows sampled together (keys depend on the row, not the split)
+    # rows sampled together (keys depend on the row, not the split); None: as many as the device's
+    # memory holds (``memory.pick_batch_chunk``; all of them on a CPU)
+    max_batch_size: Optional[int] = None
 
 
 @dataclass
@@ -64,6 +68,20 @@ def level_lengths(sample_length: int, hop_lengths: Sequence[int]) -> list[int]:
     if sample_length % top:
         raise SamplingError(f"sample_length {sample_length} is not a multiple of the top level's hop ({top} samples)")
     return [sample_length // hop for hop in hop_lengths]
+
+
+def rows_per_call(prior, batch: int, settings: LevelSettings) -> int:
+    """Rows sampled together: ``settings.max_batch_size``, or the memory plan's pick when None
+    (activations in the prior module's dtype; float32 params with half activations are the
+    released fp16 mode, see ``precision.with_precision``)."""
+    if settings.max_batch_size is not None:
+        if settings.max_batch_size < 1:
+            raise SamplingError(f"max_batch_size must be >= 1, got {settings.max_batch_size}")
+        return settings.max_batch_size
+    module = getattr(prior, "module", None)
+    dtype = jnp.dtype(getattr(module, "dtype", jnp.float32))
+    released = dtype != jnp.float32 and jnp.dtype(getattr(module, "param_dtype", dtype)) == jnp.float32
+    return pick_batch_chunk(prior.config, batch, dtype, released, settings.chunk_size)
 
 
 def _window_inputs(prior, zs: Sequence[np.ndarray], level: int, window: Window, labels: Optional[LevelLabels]):
@@ -99,13 +117,14 @@ def sample_level(prior, zs: list[np.ndarray], level: int, total_tokens: int, hop
     windows = level_windows(total_tokens, zs[level].shape[1], c.n_ctx, hop_length)
     bar = _progress_bar(level, windows, progress)
     caches: dict[int, Any] = {}  # one KV cache per batch-part size, reused (donated) window after window
+    rows = rows_per_call(prior, batch, settings) if batch else 1
     try:
         for i, window in enumerate(windows):
             prime, upper, y = _window_inputs(prior, zs, level, window, labels)
             wkey = window_key(key, level, window.start)
             parts = []
-            for lo in range(0, batch, settings.max_batch_size):
-                hi = min(batch, lo + settings.max_batch_size)
+            for lo in range(0, batch, rows):
+                hi = min(batch, lo + rows)
                 out, caches[hi - lo] = sample_fn(
                     prior, wkey, window.n_new, y=None if y is None else y[lo:hi],
                     upper=None if upper is None else upper[lo:hi], prime=prime[lo:hi],

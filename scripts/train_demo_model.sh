@@ -10,7 +10,7 @@ python scripts/make_synthetic_dataset.py "$W/data" --songs-per-pair 4 --seconds 
 python scripts/make_synthetic_dataset.py "$W/heldout" --songs-per-pair 1 --seconds 8 --seed 1
 python scripts/train_vqvae.py --data "$W/data" --out "$W/vq" --config $C/vqvae.json --steps 700 --batch 4 \
     --sample-length 8192 --lr 1e-3 --warmup 50 --log-every 25 --checkpoint-every 100 --no-progress
-declare -A STEPS=([2]=2000 [1]=1500 [0]=1500)
+declare -A STEPS=([2]=4000 [1]=1500 [0]=1500)
 for level in 2 1 0; do
   python scripts/train_prior.py --data "$W/data" --vqvae "$W/vq/model" --out "$W/p$level" \
       --config $C/prior_level_$level.json --steps "${STEPS[$level]}" --batch 8 --lr 1e-3 \

@@ -20,6 +20,11 @@ index ``r``). Slot of position p: ``p`` (dense, prime; positions >= S are not ke
 (block, prev_block rings) and ``(p % block_ctx) * blocks + p // block_ctx`` (transpose_block, so a
 column is contiguous).
 
+A single-token step (the sampling loop) writes its key / value into the cache first, with
+``dynamic_update_slice``, and then attends to the cache under a position mask, so the stacked
+caches carried through the layer loop are updated in place; a chunk of a ring layer attends to
+(old ring ; chunk) and writes afterwards, since its own entries may overwrite keys it still needs.
+
 Numerics follow the original exactly: scores ``(q . k) * hd^-1/2`` in the activation dtype, cast to
 float32, masked entries set to -1e9 (not -inf), softmax in float32, cast back, then ``@ v``.
 """

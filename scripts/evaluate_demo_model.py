@@ -11,9 +11,9 @@ Reports
 2. every prior's held-out loss in bits per token, against the uniform baseline log2(bins), with the
    correct labels and with wrong ones (artist and genre rotated): a gap shows the labels are used;
    the top prior also names each held-out crop's genre and artist by likelihood (accuracy);
-3. genre control: top-level samples for each genre (decoded from the top codes) and the held-out
-   songs' top-level reconstructions, measured by the features the generator's genres differ in
-   (spectral centroid, spectral flatness, onset rate).
+3. label control: top-level samples for each genre, and for each artist (decoded from the top
+   codes), against the held-out songs' top-level reconstructions, measured by the features the
+   generator's labels set (spectral centroid, spectral flatness, onset rate; artists set the register).
 """
 
 from __future__ import annotations
@@ -136,9 +136,10 @@ def identify_labels(bits, params, data, labeller, crops_per_song: int = 2) -> di
     return {f"{name}_id_accuracy": float(np.mean(h)) for name, h in hits.items()}
 
 
-def genre_samples(model: Path, genres: list[str], artists: list[str], seconds: float, batch: int,
-                  sr: int) -> dict[str, dict[str, float]]:
-    """Sample the top level only (decoded from its codes) for every genre; features per genre."""
+def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], seconds: float, batch: int,
+                        sr: int) -> dict[str, dict[str, float]]:
+    """Sample the top level only (decoded from its codes) for every (artist, genre) of each group;
+    the mean features per group."""
     import soundfile as sf
 
     from jukebox_flax.cli import build_parser
@@ -146,16 +147,16 @@ def genre_samples(model: Path, genres: list[str], artists: list[str], seconds: f
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for genre in genres:
+        for name, pairs in groups.items():
             clips = []
-            for k, artist in enumerate(artists):
-                run = Path(tmp) / f"{genre}_{k}"
+            for k, (artist, genre) in enumerate(pairs):
+                run = Path(tmp) / f"{name}_{k}"
                 args = build_parser().parse_args(
                     ["sample", "--model", str(model), "--seconds", str(seconds), "--levels", "1", "--batch",
                      str(batch), "--artist", artist, "--genre", genre, "--seed", str(k), "--out", str(run)])
                 run_sample(args)
                 clips += [sf.read(str(f), dtype="float32")[0] for f in sorted((run / "level_2").glob("*.wav"))]
-            out[genre] = mean_features(clips, sr)
+            out[name] = mean_features(clips, sr)
     return out
 
 
@@ -194,8 +195,17 @@ def main() -> None:
                                    for g in genres}
     report["heldout_original"] = {g: mean_features([x[i, :, 0] for i, s in enumerate(songs) if s.genre == g], sr)
                                   for g in genres}
-    report["samples"] = genre_samples(model, genres, args.artists, args.seconds, args.sample_batch, sr)
-    for key in ("heldout_original", "heldout_top_recon", "samples"):
+    artists = sorted({s.artist for s in songs})
+    report["samples_by_genre"] = conditioned_samples(
+        model, {g: [(a, g) for a in args.artists] for g in genres}, args.seconds, args.sample_batch, sr)
+    # artists set the register: compare them on the sine-tone genre, where the centroid follows pitch
+    report["heldout_top_recon_by_artist"] = {
+        a: mean_features([top[i] for i, s in enumerate(songs) if s.artist == a and s.genre == "ambient"], sr)
+        for a in artists}
+    report["samples_by_artist"] = conditioned_samples(
+        model, {a: [(a, "ambient")] * 2 for a in artists}, args.seconds, args.sample_batch, sr)
+    for key in ("heldout_original", "heldout_top_recon", "samples_by_genre", "heldout_top_recon_by_artist",
+                "samples_by_artist"):
         print(f"{key}:")
         for g, f in report[key].items():
             print(f"  {g:10s} " + "  ".join(f"{k} {v:9.4g}" for k, v in f.items()))

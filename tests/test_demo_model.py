@@ -13,8 +13,9 @@ from jukebox_flax.cli import main
 from jukebox_flax.config import JukeboxConfig
 from jukebox_flax.sampling.command import default_model
 
-# measured (scripts/evaluate_demo_model.py): level-0 SNR on held-out songs; the bound has a wide margin
-MIN_LEVEL0_SNR_DB = 6.0
+# measured: 17.4 dB on this clip (17.7 dB on the held-out songs, scripts/evaluate_demo_model.py); an
+# untrained VQ-VAE gives about 0 dB
+MIN_LEVEL0_SNR_DB = 10.0
 
 
 def test_bundled_model_is_a_small_whole_model():

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,24 +73,29 @@ def test_bad_settings_and_run_directories(models, tmp_path, capsys):
     assert "both" in err[0] and "one per sampled level" in err[1] and "resume" in err[2] and "not found" in err[3]
 
 
-def _run_killed_after(argv: list[str], codes: Path, min_tokens: int) -> None:
-    """Start the CLI in a subprocess and SIGKILL it once ``codes`` holds ``min_tokens`` per row."""
+# Runs the CLI in a child process that SIGKILLs itself right after it has saved the top level's
+# codes with at least MIN_TOKENS per row: a real kill at a deterministic point (no timing race).
+_KILLER = """
+import os, signal, sys
+from jukebox_flax.sampling import song
+MIN_TOKENS = int(sys.argv[1])
+save = song.RunDir.save_codes
+def save_then_die(self, level, z):
+    save(self, level, z)
+    if level == 2 and z.shape[1] >= MIN_TOKENS:
+        os.kill(os.getpid(), signal.SIGKILL)
+song.RunDir.save_codes = save_then_die
+from jukebox_flax.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _run_killed_after(argv: list[str], min_tokens: int) -> None:
+    """Run the CLI in a subprocess that is SIGKILLed once the top level holds ``min_tokens`` per row."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
-    proc = subprocess.Popen([sys.executable, "-m", "jukebox_flax", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if np.load(codes).shape[1] >= min_tokens:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(min_tokens), *argv], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed (exit {proc.returncode})"
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(models, tmp_path):
@@ -104,7 +108,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(models, tmp_path):
     for level in (1, 2):
         assert sorted(p.name for p in (full / f"level_{level}").iterdir()) == ["item_0.wav", "item_1.wav"]
 
-    _run_killed_after(_argv(models["5b"], killed, *extra), killed / "codes" / "level_2.npy", 100)
+    _run_killed_after(_argv(models["5b"], killed, *extra), 100)
     partial = np.load(killed / "codes" / "level_2.npy")
     assert 100 <= partial.shape[1] < 192 and not (killed / "codes.npz").exists()
     np.testing.assert_array_equal(partial, want["level_2"][:, : partial.shape[1]])

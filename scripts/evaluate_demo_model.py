@@ -57,7 +57,8 @@ def mean_features(clips: list[np.ndarray], sr: int) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def vqvae_snr(model: Path, songs, sr: int) -> dict[str, float]:
+def vqvae_snr(model: Path, songs, sr: int) -> tuple:
+    """(SNR in dB per level, the VQ-VAE, the held-out audio [B, T, 1], its codes)."""
     from jukebox_flax.audio import load_audio
     from jukebox_flax.vqvae.api import load_vqvae
 
@@ -137,7 +138,7 @@ def identify_labels(bits, params, data, labeller, crops_per_song: int = 2) -> di
 
 
 def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], seconds: float, batch: int,
-                        sr: int) -> dict[str, dict[str, float]]:
+                        sr: int, temperature: float) -> dict[str, dict[str, float]]:
     """Sample the top level only (decoded from its codes) for every (artist, genre) of each group;
     the mean features per group."""
     import soundfile as sf
@@ -153,7 +154,8 @@ def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], s
                 run = Path(tmp) / f"{name}_{k}"
                 args = build_parser().parse_args(
                     ["sample", "--model", str(model), "--seconds", str(seconds), "--levels", "1", "--batch",
-                     str(batch), "--artist", artist, "--genre", genre, "--seed", str(k), "--out", str(run)])
+                     str(batch), "--artist", artist, "--genre", genre, "--seed", str(k), "--temperature", str(temperature),
+                     "--out", str(run)])
                 run_sample(args)
                 clips += [sf.read(str(f), dtype="float32")[0] for f in sorted((run / "level_2").glob("*.wav"))]
             out[name] = mean_features(clips, sr)
@@ -161,6 +163,7 @@ def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], s
 
 
 def main() -> None:
+    from jukebox_flax.checkpoint import load_config
     from jukebox_flax.data import read_metadata
     from jukebox_flax.sampling.command import default_model
 
@@ -171,6 +174,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of every genre sample")
     parser.add_argument("--sample-batch", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=0.99, help="sampling temperature (sample's default)")
     parser.add_argument("--artists", nargs="+", default=["Ada Low", "Ben High", "Cleo Minor", "Dev Tritone"])
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
@@ -178,8 +182,6 @@ def main() -> None:
     model = args.model or default_model()
     songs = read_metadata(Path(args.data) / "metadata.csv")
     t0 = time.time()
-    from jukebox_flax.checkpoint import load_config
-
     sr = load_config(model).vqvae.sr
     report = {}
     report["vqvae"], vq, x, codes = vqvae_snr(model, songs, sr)
@@ -197,13 +199,13 @@ def main() -> None:
                                   for g in genres}
     artists = sorted({s.artist for s in songs})
     report["samples_by_genre"] = conditioned_samples(
-        model, {g: [(a, g) for a in args.artists] for g in genres}, args.seconds, args.sample_batch, sr)
+        model, {g: [(a, g) for a in args.artists] for g in genres}, args.seconds, args.sample_batch, sr, args.temperature)
     # artists set the register: compare them on the sine-tone genre, where the centroid follows pitch
     report["heldout_top_recon_by_artist"] = {
         a: mean_features([top[i] for i, s in enumerate(songs) if s.artist == a and s.genre == "ambient"], sr)
         for a in artists}
     report["samples_by_artist"] = conditioned_samples(
-        model, {a: [(a, "ambient")] * 2 for a in artists}, args.seconds, args.sample_batch, sr)
+        model, {a: [(a, "ambient")] * 2 for a in artists}, args.seconds, args.sample_batch, sr, args.temperature)
     for key in ("heldout_original", "heldout_top_recon", "samples_by_genre", "heldout_top_recon_by_artist",
                 "samples_by_artist"):
         print(f"{key}:")

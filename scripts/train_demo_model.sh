@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the bundled demo model (jukebox_flax/assets/demo_model) from scratch on the synthetic dataset,
-# with the configs of scripts/demo_configs/, on one CPU thread. About 40 minutes on a shared CPU core.
+# with the configs of scripts/demo_configs/, on one CPU thread. About 45 minutes on one shared CPU core.
 #   bash scripts/train_demo_model.sh [WORKDIR]        (default WORKDIR: runs/demo)
 set -euo pipefail
 W=${1:-runs/demo}
@@ -10,11 +10,11 @@ python scripts/make_synthetic_dataset.py "$W/data" --songs-per-pair 4 --seconds 
 python scripts/make_synthetic_dataset.py "$W/heldout" --songs-per-pair 1 --seconds 8 --seed 1
 python scripts/train_vqvae.py --data "$W/data" --out "$W/vq" --config $C/vqvae.json --steps 700 --batch 4 \
     --sample-length 8192 --lr 1e-3 --warmup 50 --log-every 25 --checkpoint-every 100 --no-progress
-declare -A STEPS=([2]=4000 [1]=1500 [0]=1500)
+declare -A STEPS=([2]=8000 [1]=3000 [0]=3000)
 for level in 2 1 0; do
   python scripts/train_prior.py --data "$W/data" --vqvae "$W/vq/model" --out "$W/p$level" \
       --config $C/prior_level_$level.json --steps "${STEPS[$level]}" --batch 8 --lr 1e-3 \
       --log-every 50 --checkpoint-every 500 --no-progress
 done
 python scripts/build_demo_model.py --vqvae "$W/vq/model" --priors "$W/p0/model" "$W/p1/model" "$W/p2/model"
-python scripts/evaluate_demo_model.py --data "$W/heldout" --json "$W/evaluation.json"
+python scripts/evaluate_demo_model.py --data "$W/heldout" --temperature 0.8 --json "$W/evaluation.json"

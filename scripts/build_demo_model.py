@@ -48,6 +48,9 @@ def main() -> None:
     whole = JukeboxConfig(vqvae=vq_config, priors=tuple(priors), hop_fraction=tuple(args.hop_fraction))
     top_vocab = components[f"prior_level_{len(priors) - 1}"][2]
     path = save_whole_model_dir(args.out, components, whole, vocab=top_vocab, overwrite=True)
+    # Orbax's commit marker records this machine's temporary path; a bundled asset should not.
+    for marker in path.rglob("commit_success.txt"):
+        marker.unlink()
     size = dir_bytes(path)
     print(f"wrote {path} ({size / 2**20:.2f} MiB)")
     if size > MAX_BYTES:

@@ -89,12 +89,13 @@ class OptimConfig:
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
-    """The learning rate per step: 0 -> lr over ``warmup_steps``, then constant or linear decay."""
-    warmup = optax.linear_schedule(0.0, cfg.lr, max(1, cfg.warmup_steps))
-    if cfg.decay_steps <= 0:
-        return warmup
-    decay = optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.decay_steps)
-    return optax.join_schedules([warmup, decay], [max(1, cfg.warmup_steps)])
+    """The learning rate per step: 0 -> lr over ``warmup_steps`` (none when 0), then constant or linear decay."""
+    decay = (optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.decay_steps)
+             if cfg.decay_steps > 0 else optax.constant_schedule(cfg.lr))
+    if cfg.warmup_steps <= 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:

@@ -21,12 +21,12 @@ __all__ = ["prior_optimizer", "make_train_step"]
 def prior_optimizer(lr: float = 3e-4, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                     weight_decay: float = 0.0, warmup_steps: int = 100, clip: float = 1.0
                     ) -> optax.GradientTransformation:
-    """Adam with linear warm-up and global-norm clipping, the original's defaults."""
-    schedule = optax.linear_schedule(0.0, lr, max(warmup_steps, 1)) if warmup_steps else lr
-    return optax.chain(
-        optax.clip_by_global_norm(clip),
-        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
-    )
+    """Adam with linear warm-up and global-norm clipping, the original's defaults (the same
+    optimizer as :func:`jukebox_flax.training.make_optimizer`)."""
+    from ..training import OptimConfig, make_optimizer
+
+    return make_optimizer(OptimConfig(lr=lr, warmup_steps=warmup_steps, b1=b1, b2=b2, eps=eps,
+                                      weight_decay=weight_decay, clip=clip))
 
 
 def make_train_step(module: JukeboxPrior, optimizer: optax.GradientTransformation):

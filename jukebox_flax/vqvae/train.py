@@ -59,9 +59,14 @@ def merge_codebooks(net_params: Mapping, codebooks: tuple) -> dict:
 
 def make_optimizer(lr: float = 3e-4, warmup_steps: int = 100, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8, clip: float = 1.0, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """The original's optimizer: global-norm clipping, Adam, linear warm-up (decoupled weight decay)."""
-    schedule = optax.linear_schedule(0.0, lr, max(1, int(warmup_steps)))
-    return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, b1, b2, eps, weight_decay))
+    """The original's optimizer: global-norm clipping, Adam, linear warm-up (decoupled weight decay).
+
+    A keyword front end to :func:`jukebox_flax.training.make_optimizer`.
+    """
+    from ..training import OptimConfig, make_optimizer as build
+
+    return build(OptimConfig(lr=lr, warmup_steps=int(warmup_steps), b1=b1, b2=b2, eps=eps,
+                             weight_decay=weight_decay, clip=clip))
 
 
 def init_train_state(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT
+from conftest import load_script
 
 from jukebox_flax.cli import main
 from jukebox_flax.embed import EmbedError, Window, embed_files, plan_windows
@@ -22,9 +21,7 @@ LAYER = 24  # of the fixture 1b-style top prior's 48: stops in the middle of a s
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The demo whole model (fixture weights: VQ-VAE hops 8/32/128, top prior n_ctx 64 = 8192 samples)."""
-    spec = importlib.util.spec_from_file_location("make_demo_model", ROOT / "scripts" / "make_demo_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("make_demo_model")
     out = tmp_path_factory.mktemp("embed") / "model"
     argv, sys.argv = sys.argv, ["make_demo_model", str(out)]
     try:

@@ -28,6 +28,10 @@ Each timing is the best of a few calls (short calls only), then the median over 
 repeats (ours, HF, ours, HF, ...) in this one process, so both sides see the same machine load.
 tokens/s counts the new tokens of all batch rows.
 
+The floor (mid-size prior): the per-token time of the step's matmuls alone (every layer kernel and
+the head, fp32, chained; ``matmul_floor``), in XLA and in torch. No fp32 implementation's step is
+faster on the machine, so HF's ms/step over it is the largest speed-up anyone can reach there.
+
 Threads: ``--threads`` (default 1) for torch and, when 1, for XLA too (otherwise XLA uses every
 core). One thread is Hugging Face's best case on this machine: with 2 torch threads its sampling was
 3-30x slower (``torch.set_flush_denormal(True)``, which is always set here, only reaches the
@@ -239,6 +243,43 @@ def _best(fn: Callable[[], Any], inner: int) -> float:
     return min(_timed(fn) for _ in range(inner))
 
 
+def matmul_floor(case: Case, batch: int, steps: int = 32) -> tuple[float, float]:
+    """Seconds per token of the matmuls alone that a decode step cannot skip: every layer kernel of
+    the transformer and the output head, fp32, ``batch`` rows, chained (one XLA loop; and in torch).
+    No fp32 implementation's step beats this on the machine, so HF's step time over it bounds the
+    speed-up anyone can reach."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    kernels = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(case.ours.params["prior"]["transformer"])[0]:
+        if getattr(path[-1], "key", None) == "kernel":
+            kernels += list(leaf) if leaf.ndim == 3 else [leaf]  # scanned runs: one kernel per repeat
+    kernels.append(case.ours.params["prior"]["x_emb"]["embedding"].T)  # the tied head
+    kernels = [jnp.asarray(np.array(k, np.float32)) for k in kernels]
+    size = max(max(k.shape) for k in kernels)
+
+    def chain(x, ks, pad):
+        for k in ks:
+            y = x[:, : k.shape[0]] @ k
+            x = x + pad(y, size - y.shape[1])
+        return x
+
+    jpad = lambda y, n: jnp.pad(y, ((0, 0), (0, n)))
+    run = jax.jit(lambda ks, x: jax.lax.fori_loop(0, steps, lambda i, x: chain(x, ks, jpad), x))
+    x = jnp.ones((batch, size), jnp.float32)
+    run(kernels, x).block_until_ready()
+    xla = _best(lambda: run(kernels, x).block_until_ready(), 3) / steps
+    tks = [torch.from_numpy(np.asarray(k)) for k in kernels]
+    tpad = lambda y, n: torch.nn.functional.pad(y, (0, n))
+    with torch.no_grad():
+        xt = torch.ones(batch, size)
+        th = _best(lambda: [chain(xt, tks, tpad) for _ in range(steps)], 3) / steps
+    return xla, th
+
+
 def bench_case(case: Case, batch: int, reps: int, hf_tokens: int) -> dict:
     n, q = case.n, max(min(case.n // 4, 256), 2)
     first = _timed(lambda: case.ours_sample(batch, 1))  # compiles the window loop and the conditioning
@@ -260,6 +301,7 @@ def bench_case(case: Case, batch: int, reps: int, hf_tokens: int) -> dict:
         ours_one.append(e0)
         early.append((e1 - e0) / (q - 1))
         late.append((l1 - l0) / (q - 1))
+    floor = matmul_floor(case, batch) if case.kind == "mid" else (float("nan"), float("nan"))
     ours_t, t1, tn = _median(ours_win), _median(hf_one), _median(hf_win)
     hf_slope = (tn - t1) / (hf_n - 1)
     hf_t = tn if hf_full else t1 + (n - 1) * hf_slope
@@ -275,6 +317,8 @@ def bench_case(case: Case, batch: int, reps: int, hf_tokens: int) -> dict:
         "hf_ms_per_step": 1e3 * hf_slope, "hf_one_token_call_s": t1,
         "hf_ms_per_step_halves": None if hf_full else (
             1e3 * (_median(hf_half) - t1) / (hf_n // 2 - 1), 1e3 * (tn - _median(hf_half)) / (hf_n - hf_n // 2)),
+        "floor_ms_per_step_xla": 1e3 * floor[0], "floor_ms_per_step_torch": 1e3 * floor[1],
+        "max_speedup_fp32": hf_slope / floor[0],
         "speedup": ours_tps / hf_tps, "goal": GOALS[case.kind], "goal_met": ours_tps / hf_tps >= GOALS[case.kind],
         "reps": reps, "inner": inner,
     }
@@ -287,8 +331,9 @@ def markdown(rows: list[dict], checks: dict, meta: dict) -> str:
         f"jax {meta['jax']}, torch {meta['torch']}, transformers {meta['transformers']}; total {meta['total_s']:.0f} s.",
         "",
         "| prior | batch | window (tokens) | ours: window s | ours: tokens/s | ours: ms/step, start / end of window | "
-        "ours: compile s | HF: window s | HF: tokens/s | HF: ms/step | speed-up (tokens/s) | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ours: compile s | HF: window s | HF: tokens/s | HF: ms/step | speed-up (tokens/s) | goal | "
+        "matmul floor ms/step (XLA / torch) | HF ms/step over the floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         hf_win = f"{r['hf_window_s']:.3g}" + ("" if r["hf_window"] == "measured" else f" ({r['hf_window']})")
@@ -296,7 +341,9 @@ def markdown(rows: list[dict], checks: dict, meta: dict) -> str:
             f"| {r['case']} | {r['batch']} | {r['window_tokens']} | {r['ours_window_s']:.3g} | {r['ours_tokens_per_s']:.0f} | "
             f"{r['ours_ms_per_step_early']:.3g} / {r['ours_ms_per_step_late']:.3g} | "
             f"{r['ours_compile_s']:.1f} | {hf_win} | {r['hf_tokens_per_s']:.0f} | {r['hf_ms_per_step']:.3g} | "
-            f"**{r['speedup']:.1f}x** | {r['goal']:.0f}x {'met' if r['goal_met'] else 'NOT met'} |")
+            f"**{r['speedup']:.1f}x** | {r['goal']:.0f}x {'met' if r['goal_met'] else 'NOT met'} | " + (
+                "– | – |" if r["kind"] != "mid" else
+                f"{r['floor_ms_per_step_xla']:.3g} / {r['floor_ms_per_step_torch']:.3g} | {r['max_speedup_fp32']:.2f}x |"))
     lines.append("")
     lines.append("Teacher-forced logits, ours vs HF (max |diff| / max |logit|): "
                  + ", ".join(f"{k} {v:.1e}" for k, v in checks.items()) + ".")

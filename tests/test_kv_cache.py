@@ -16,7 +16,7 @@ import pytest
 from conftest import hps, load_npz, state_dict
 from jukebox_flax.config import PriorConfig, VQVAEConfig
 from jukebox_flax.prior.autoregressive import Autoregressive
-from jukebox_flax.prior.transformer import layer_location, layer_segments
+from jukebox_flax.prior.transformer import layer_location, layer_segments, split_repeats
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch
 
 # ----------------------------------------------------------------------------------------------
@@ -96,6 +96,19 @@ def test_token_by_token_equals_forward(every_type):
 def test_chunked_priming_equals_forward(every_type, chunks):
     model, params, tokens, conds, full = every_type
     got = _decode_in_chunks(model, params, tokens, conds, chunks)
+    np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunks", [[1] * N_CTX, [7, 7, 7, 3]])
+def test_split_layer_weights_decode_the_same(every_type, chunks):
+    """Params with the scanned runs split per repeat (what the sampler uses at small batch) decode
+    through unrolled layers to the same logits."""
+    model, params, tokens, conds, full = every_type
+    split = {**params, "transformer": split_repeats(params["transformer"])}
+    assert set(split["transformer"]["layers_0_7"]["unit_3"]) == {"repeat_0", "repeat_1"}
+    np.testing.assert_array_equal(split["transformer"]["layers_0_7"]["unit_3"]["repeat_1"]["attn"]["c_proj"]["kernel"],
+                                  params["transformer"]["layers_0_7"]["unit_3"]["attn"]["c_proj"]["kernel"][1])
+    got = _decode_in_chunks(model, split, tokens, conds, chunks)
     np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
 
 

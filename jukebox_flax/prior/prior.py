@@ -43,6 +43,7 @@ from ..config import PriorConfig
 from ..errors import JukeboxError
 from .autoregressive import Autoregressive
 from .conditioners import LabelConditioner, UpperConditioner, layer_norm
+from .transformer import split_repeats
 
 __all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits"]
 
@@ -200,6 +201,15 @@ class JukeboxPrior(nn.Module):
     def init_cache(self, batch: int, dtype: Any = None) -> dict:
         """Zero KV caches for ``decode`` (a plain method: no params needed)."""
         return self.autoregressive().init_cache(batch, dtype or self.dtype)
+
+    @nn.nowrap
+    def decode_params(self, params: dict) -> dict:
+        """``params`` with the decoder's scanned layer runs split per repeat (``split_repeats``):
+        what ``decode`` runs fastest with. A plain method; call it inside the jitted sampler so the
+        split copy is transient."""
+        prior = dict(params["prior"])
+        prior["transformer"] = split_repeats(prior["transformer"])
+        return {**params, "prior": prior}
 
     def decode(self, inputs: Array, start: Array, cache: dict, x_cond: Optional[Array] = None,
                y_cond: Optional[Array] = None, encoder_kv: Optional[Array] = None) -> tuple[Array, dict]:

@@ -50,6 +50,7 @@ __all__ = [
     "layer_segments",
     "segment_key",
     "layer_location",
+    "split_repeats",
     "LayerSpec",
     "Conv1D",
     "LayerNorm",
@@ -123,6 +124,25 @@ def layer_location(segments: Sequence[Segment], index: int) -> tuple[str, Option
             r, j = divmod(index - seg.start, len(seg.unit))
             return seg.key, f"unit_{j}", r
     raise IndexError(f"layer {index} outside the transformer ({segments[-1].stop if segments else 0} layers)")
+
+
+def split_repeats(params: dict) -> dict:
+    """Transformer params with every scanned run split per repeat, for sampling.
+
+    ``layers_a_b/unit_j/<leaf [R, ...]>`` becomes ``layers_a_b/unit_j/repeat_r/<leaf [...]>``; single
+    layers stay. ``decode`` accepts either form and gives the same result; with split params it runs
+    the layers unrolled, so a step's matmuls read every layer's weights where they lie instead of
+    copying them out of the stack first (on a CPU, one copy of all weights per token: 2-3x the memory
+    traffic of a batch-1 step). Splitting copies the weights once (per sampled window, inside its jit).
+    """
+    out = {}
+    for key, sub in params.items():
+        if key.startswith("layers_"):
+            repeats = jax.tree.leaves(sub)[0].shape[0]
+            sub = {unit: {f"repeat_{r}": jax.tree.map(lambda a: a[r], tree) for r in range(repeats)}
+                   for unit, tree in sub.items()}
+        out[key] = sub
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,6 +381,24 @@ class Transformer(nn.Module):
         )
         return scanned(seg.unit, self.spec, decode, return_attn, slots, limit, name=seg.key)
 
+    def _is_split(self, seg: Segment) -> bool:
+        """Whether the run's params come split per repeat (``split_repeats``), not stacked."""
+        if self.is_initializing() or not self.has_variable("params", seg.key):
+            return False
+        return "repeat_0" in self.variables["params"][seg.key]["unit_0"]
+
+    def _decode_split(self, seg: Segment, x: Array, start: Array, cache: dict, encoder_kv: Optional[Array]):
+        """Decode through a run whose params are split per repeat: the layers unrolled, each reading
+        its own weights in place (the scan would copy every layer's weights out of the stack)."""
+        params, cache = self.variables["params"][seg.key], dict(cache)
+        for r in range(seg.repeat):
+            for j, attn_type in enumerate(seg.unit):
+                unit = f"unit_{j}"
+                block = ResAttnBlock(attn_type, self.spec, parent=None)
+                x, cache[unit] = block.apply({"params": params[unit][f"repeat_{r}"]}, x, start, cache[unit],
+                                             jnp.int32(r), encoder_kv, method="decode")
+        return x, cache
+
     @nn.compact
     def __call__(
         self,
@@ -405,6 +443,9 @@ class Transformer(nn.Module):
                         r, j = divmod(n - 1 - seg.start, u)
                         table[j][r] = k
                     slots = tuple(tuple(t) for t in table)
+                if decode and self._is_split(seg):
+                    x, new_cache[seg.key] = self._decode_split(seg, x, start, cache[seg.key], encoder_kv)
+                    continue
                 body = self._scan(seg, decode, return_attn and not decode, slots, limit)
                 idx = jnp.arange(seg.repeat)
                 if decode:

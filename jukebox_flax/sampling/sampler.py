@@ -54,6 +54,19 @@ class SamplingState:
     cache: Any
 
 
+def _copy_fits(params) -> bool:
+    """Whether a second copy of ``params`` fits in the free memory of the device (at trace time;
+    devices that report no memory statistics, such as CPUs, count as fitting)."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # backends without memory statistics
+        stats = None
+    if not stats or "bytes_limit" not in stats:
+        return True
+    need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    return need < 0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+
+
 def row_keys(key: jax.Array, batch: int, row_offset=0) -> jax.Array:
     """One key per batch row, derived from the row's index in the whole batch (``row_offset`` may
     be traced: the window function derives the keys inside its compiled loop)."""
@@ -73,7 +86,7 @@ def _window_loop(module, chunk_size: int, with_logits: bool, params, cond: dict,
     ``with_logits``, else None."""
     batch, length = tokens.shape
     keys = row_keys(key, batch, row_offset)
-    if hasattr(module, "decode_params") and batch <= SPLIT_MAX_BATCH:
+    if hasattr(module, "decode_params") and batch <= SPLIT_MAX_BATCH and _copy_fits(params):
         # layer weights split out of their scan stacks once per window instead of once per layer and
         # token (mid-size prior, this CPU, batch 1: 8.6 -> 7.2 ms per token; from batch 4 on the
         # stacked weights were faster, 11.6 vs 13.6 ms; scripts/bench_sampling.py)

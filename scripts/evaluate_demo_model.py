@@ -11,9 +11,11 @@ Reports
 2. every prior's held-out loss in bits per token, against the uniform baseline log2(bins), with the
    correct labels and with wrong ones (artist and genre rotated): a gap shows the labels are used;
    the top prior also names each held-out crop's genre and artist by likelihood (accuracy);
-3. label control: top-level samples for each genre, and for each artist (decoded from the top
-   codes), against the held-out songs' top-level reconstructions, measured by the features the
-   generator's labels set (spectral centroid, spectral flatness, onset rate; artists set the register).
+3. label control: top-level samples for each genre (every artist, ``--sample-seeds`` runs of
+   ``--sample-batch`` clips), and for each artist (decoded from the top codes), against the held-out
+   songs' top-level reconstructions, measured by the features the generator's labels set (genre:
+   note rate, tempo and timbre; artist: the register, i.e. the centroid), as mean and spread over
+   clips, and the genres' separation (difference of means over the pooled spread).
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ def snr_db(ref: np.ndarray, est: np.ndarray) -> float:
 
 
 def features(audio: np.ndarray, sr: int) -> dict[str, float]:
-    """Spectral centroid (Hz), spectral flatness (0..1) and onset rate (per second) of mono audio."""
+    """What the generator's labels set, measured on mono audio:
+
+    * timbre: spectral centroid (Hz) and spectral flatness (0..1) of the non-silent frames;
+    * note rate (tempo and rhythm): ``onsets_per_s`` (peaks of the positive log-spectral flux above a fixed margin) and
+      ``note_changes_per_s`` (the loudest spectral peak moves by more than one FFT bin between
+      consecutive non-silent frames: a new pitch; sustained tones and steady noise do not count).
+    """
     n = 1 + max(0, len(audio) - FRAME) // HOP
     frames = np.stack([audio[i * HOP : i * HOP + FRAME] for i in range(n)]) * np.hanning(FRAME)
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 + 1e-10
@@ -49,12 +57,37 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     flux = np.maximum(logp[1:] - logp[:-1], 0).mean(1)
     thresh = np.median(flux) + 1.0
     peaks = [i for i in range(1, len(flux) - 1) if flux[i] > thresh and flux[i] >= flux[i - 1] and flux[i] > flux[i + 1]]
-    return {"centroid_hz": centroid, "flatness": flatness, "onsets_per_s": len(peaks) / (len(audio) / sr)}
+    seconds = len(audio) / sr
+    # pitch: the loudest bin between 43 Hz and 4.3 kHz (the synthetic songs' notes and bass)
+    pitch = np.argmax(power[:, 2:200], axis=1)
+    changes = np.sum((np.abs(np.diff(pitch)) > 1) & loud[1:] & loud[:-1])
+    return {"centroid_hz": centroid, "flatness": flatness, "onsets_per_s": len(peaks) / seconds,
+            "note_changes_per_s": float(changes / seconds)}
 
 
 def mean_features(clips: list[np.ndarray], sr: int) -> dict[str, float]:
+    """Mean of every feature over the clips, and its spread (``<feature>_std``, over clips)."""
     rows = [features(c, sr) for c in clips]
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out = {}
+    for k in rows[0]:
+        values = [r[k] for r in rows]
+        out[k], out[f"{k}_std"] = float(np.mean(values)), float(np.std(values))
+    out["clips"] = len(rows)
+    return out
+
+
+def separation(groups: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """For every pair of groups and feature: the difference of means in units of the pooled
+    per-clip standard deviation (Cohen's d); |d| > 2 means the two groups barely overlap."""
+    names = sorted(groups)
+    keys = [k for k in groups[names[0]] if not k.endswith("_std") and k != "clips"]
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ga, gb = groups[a], groups[b]
+            out[f"{a} - {b}"] = {k: float((ga[k] - gb[k]) / max(np.sqrt((ga[k + "_std"] ** 2 + gb[k + "_std"] ** 2) / 2),
+                                                                  1e-12)) for k in keys}
+    return out
 
 
 def vqvae_snr(model: Path, songs, sr: int) -> tuple:
@@ -138,9 +171,9 @@ def identify_labels(bits, params, data, labeller, crops_per_song: int = 2) -> di
 
 
 def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], seconds: float, batch: int,
-                        sr: int, temperature: float) -> dict[str, dict[str, float]]:
-    """Sample the top level only (decoded from its codes) for every (artist, genre) of each group;
-    the mean features per group."""
+                        sr: int, temperature: float, seeds: int = 1) -> dict[str, dict[str, float]]:
+    """Sample the top level only (decoded from its codes) for every (artist, genre) of each group,
+    ``seeds`` runs of ``batch`` clips each; the features per group (mean and spread over clips)."""
     import soundfile as sf
 
     from jukebox_flax.cli import build_parser
@@ -151,13 +184,14 @@ def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], s
         for name, pairs in groups.items():
             clips = []
             for k, (artist, genre) in enumerate(pairs):
-                run = Path(tmp) / f"{name}_{k}"
-                args = build_parser().parse_args(
-                    ["sample", "--model", str(model), "--seconds", str(seconds), "--levels", "1", "--batch",
-                     str(batch), "--artist", artist, "--genre", genre, "--seed", str(k), "--temperature", str(temperature),
-                     "--out", str(run)])
-                run_sample(args)
-                clips += [sf.read(str(f), dtype="float32")[0] for f in sorted((run / "level_2").glob("*.wav"))]
+                for j in range(seeds):
+                    run = Path(tmp) / f"{name}_{k}_{j}"
+                    args = build_parser().parse_args(
+                        ["sample", "--model", str(model), "--seconds", str(seconds), "--levels", "1", "--batch",
+                         str(batch), "--artist", artist, "--genre", genre, "--seed", str(k * seeds + j),
+                         "--temperature", str(temperature), "--out", str(run)])
+                    run_sample(args)
+                    clips += [sf.read(str(f), dtype="float32")[0] for f in sorted((run / "level_2").glob("*.wav"))]
             out[name] = mean_features(clips, sr)
     return out
 
@@ -174,6 +208,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of every genre sample")
     parser.add_argument("--sample-batch", type=int, default=2)
+    parser.add_argument("--sample-seeds", type=int, default=2, help="sampling runs per (artist, genre)")
     parser.add_argument("--temperature", type=float, default=0.99, help="sampling temperature (sample's default)")
     parser.add_argument("--artists", nargs="+", default=["Ada Low", "Ben High", "Cleo Minor", "Dev Tritone"])
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -199,18 +234,27 @@ def main() -> None:
                                   for g in genres}
     artists = sorted({s.artist for s in songs})
     report["samples_by_genre"] = conditioned_samples(
-        model, {g: [(a, g) for a in args.artists] for g in genres}, args.seconds, args.sample_batch, sr, args.temperature)
+        model, {g: [(a, g) for a in args.artists] for g in genres}, args.seconds, args.sample_batch, sr, args.temperature,
+        args.sample_seeds)
+    report["separation_samples_by_genre"] = separation(report["samples_by_genre"])
+    report["separation_heldout_top_recon"] = separation(report["heldout_top_recon"])
     # artists set the register: compare them on the sine-tone genre, where the centroid follows pitch
     report["heldout_top_recon_by_artist"] = {
         a: mean_features([top[i] for i, s in enumerate(songs) if s.artist == a and s.genre == "ambient"], sr)
         for a in artists}
     report["samples_by_artist"] = conditioned_samples(
-        model, {a: [(a, "ambient")] * 2 for a in artists}, args.seconds, args.sample_batch, sr, args.temperature)
+        model, {a: [(a, "ambient")] for a in artists}, args.seconds, args.sample_batch, sr, args.temperature,
+        2 * args.sample_seeds)
     for key in ("heldout_original", "heldout_top_recon", "samples_by_genre", "heldout_top_recon_by_artist",
                 "samples_by_artist"):
         print(f"{key}:")
         for g, f in report[key].items():
-            print(f"  {g:10s} " + "  ".join(f"{k} {v:9.4g}" for k, v in f.items()))
+            print(f"  {g:11s} " + "  ".join(f"{k} {v:.4g}±{f[k + '_std']:.2g}" for k, v in f.items()
+                                             if not k.endswith("_std") and k != "clips") + f"  ({f['clips']} clips)")
+    for key in ("separation_heldout_top_recon", "separation_samples_by_genre"):
+        print(f"{key} (difference of means / pooled std):")
+        for g, f in report[key].items():
+            print(f"  {g:22s} " + "  ".join(f"{k} {v:+.2f}" for k, v in f.items()))
     report["seconds"] = time.time() - t0
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

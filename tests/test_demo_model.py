@@ -91,3 +91,14 @@ def test_samples_follow_the_genre_rhythm(tmp_path, capsys):
         clips = [sf.read(str(f), dtype="float32")[0] for f in sorted((out / "level_2").glob("*.wav"))]
         rate[genre] = np.mean([evaluate.features(c, 44100)["note_changes_per_s"] for c in clips])
     assert rate["chiptune"] > rate["ambient"] + 2.0, rate
+
+
+def test_lyrics_for_a_model_without_lyrics_get_a_note(tmp_path):
+    """The demo model has no lyrics conditioning: --lyrics is accepted but announced as ignored."""
+    from jukebox_flax.cli import build_parser
+    from jukebox_flax.sampling.command import plan_sample
+
+    base = ["sample", "--seconds", "8", "--artist", "Ben High", "--genre", "chiptune", "--out", str(tmp_path / "r")]
+    notes = plan_sample(build_parser().parse_args(base + ["--lyrics", "sky light"])).notes
+    assert any("--lyrics is ignored" in n for n in notes), notes
+    assert not any("lyrics" in n for n in plan_sample(build_parser().parse_args(base)).notes)

@@ -117,8 +117,9 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
         min_total = math.ceil(top.min_duration * sr)
         if total_length < min_total:
             total_length = min_total
-            notes.append(f"the model was trained on songs of at least {top.min_duration:g} s: the timing "
-                         f"signal and lyrics assume a {top.min_duration:g} s song")
+            what = "timing signal and lyrics assume" if top.lyrics != "none" else "timing signal assumes"
+            notes.append(f"the model was trained on songs of at least {top.min_duration:g} s: the {what} "
+                         f"a {top.min_duration:g} s song")
     for level in levels:
         prior = config.priors[level]
         if prior.is_upsampler and sample_length < prior.sample_length:
@@ -127,6 +128,8 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
                 f"ask for more --seconds or fewer --levels")
 
     lyrics = _read_lyrics(args.lyrics or "")
+    if lyrics.strip() and all(config.priors[level].lyrics == "none" for level in levels):
+        notes.append("no level sampled here is conditioned on lyrics: --lyrics is ignored")
     labels: dict[int, Optional[LevelLabels]] = {}
     for level in levels:
         prior = config.priors[level]

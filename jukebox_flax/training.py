@@ -17,12 +17,14 @@ uninterrupted run would. Metrics (averaged over ``log_every`` steps) go to stdou
 :func:`vqvae_task` trains a VQ-VAE (the original loss, EMA codebooks with random restarts;
 ``jukebox_flax.vqvae.train``); :func:`prior_task` trains one prior level on codes of a frozen
 VQ-VAE computed on the fly, as the original. Both start from scratch or from a model directory
-(fine-tuning); :func:`export_model` writes the result as a model directory.
+(fine-tuning); :func:`with_param_ema` adds a moving average of the params (the original's
+``--ema``); :func:`export_model` writes the result as a model directory.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import time
@@ -48,6 +50,8 @@ __all__ = [
     "train",
     "GradState",
     "gradient_task",
+    "EMAState",
+    "with_param_ema",
     "vqvae_task",
     "prior_task",
     "data_bandwidth",
@@ -370,6 +374,39 @@ def gradient_task(
         meta=dict(meta or {}),
         schedule=make_schedule(optim),
     )
+
+
+class EMAState(NamedTuple):
+    """A task's state and the moving average of its params (:func:`with_param_ema`)."""
+
+    inner: Any
+    params_ema: Any
+
+
+def with_param_ema(task: Task, decay: float) -> Task:
+    """``task`` that also keeps an exponential moving average of its params, as the original's
+    ``--ema`` (decay 0.9999 there): after every step ``ema = decay * ema + (1 - decay) * params``,
+    starting from the initial (or fine-tuned) params. The new task's ``params`` are the average (what
+    a model directory gets); its metrics are the inner task's; the average is checkpointed with the
+    state, so a resumed run continues it exactly.
+    """
+    if not 0.0 < decay < 1.0:
+        raise TrainingError(f"the EMA decay must be in (0, 1), got {decay}")
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def average(ema: Any, params: Any) -> Any:
+        return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
+
+    def init(key: jax.Array, batch: Any) -> EMAState:
+        inner = task.init(key, batch)
+        return EMAState(inner, jax.tree.map(jnp.copy, task.params(inner)))
+
+    def step(state: EMAState, batch: Any, key: jax.Array) -> tuple[EMAState, dict]:
+        inner, metrics = task.step(state.inner, batch, key)
+        return EMAState(inner, average(state.params_ema, task.params(inner))), metrics
+
+    return Task(init=init, step=step, params=lambda state: state.params_ema,
+                meta=dict(task.meta, param_ema_decay=decay), schedule=task.schedule)
 
 
 def vqvae_task(

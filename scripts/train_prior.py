@@ -8,7 +8,8 @@ directory); tokens are the codes of the prior's level, and an upsampler also see
 the level above. Labels (artist, genre, lyrics) come from the metadata file; their vocabulary is
 the --init-from model's ``vocab.json``, or ``--vocab FILE``, or else built from the dataset (ids in
 sorted order). Killed or interrupted, the same command resumes from the latest checkpoint in RUN.
-The trained prior is written to RUN/model with its ``vocab.json``.
+The trained prior is written to RUN/model with its ``vocab.json`` (with ``--ema DECAY``: the moving
+average of the params, as the original's ``--ema``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--vqvae", required=True, help="the VQ-VAE (a vqvae or whole-model directory)")
     parser.add_argument("--level", type=int, help="with --init-from a whole model: the prior level (default top)")
     parser.add_argument("--vocab", help="labels vocabulary (vocab.json) to use instead of the default")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="keep a moving average of the params with this decay (the original: 0.9999) "
+                             "and export it instead of the last params")
     args = parser.parse_args(argv)
 
     init_params, vocab = None, None
@@ -70,6 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
           f"{config.n_ctx} tokens = {config.sample_length} samples per crop")
     task = training.prior_task(config, training.optim_from_args(args), vqvae, init_params=init_params)
+    if args.ema:
+        task = training.with_param_ema(task, args.ema)
     state, step = training.train(
         task, lambda i: dataset.batch(i, args.batch, args.seed), args.steps, args.out, seed=args.seed,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, log_every=args.log_every,

@@ -90,6 +90,35 @@ def test_ctrl_c_saves_a_checkpoint(data, tmp_path):
         training.train(toy.task(), lambda i: ds.batch(i, 2), 50, tmp_path, resume=False, progress=False)
 
 
+def test_param_ema_averages_the_params_and_resumes_exactly(data, tmp_path):
+    """with_param_ema: ema_t = d * ema_{t-1} + (1 - d) * params_t from the initial params, next to an
+    unchanged inner run; a run stopped at a checkpoint and resumed ends with the same average."""
+    ds, decay, steps = toy.dataset(data), 0.8, 6
+    batch_at = lambda i: ds.batch(i, 2, 3)  # noqa: E731
+    plain, history = toy.task(), []
+    state = plain.init(jax.random.split(jax.random.PRNGKey(3))[0], batch_at(0))
+    ema = jax.tree.map(np.asarray, plain.params(state))
+    for i in range(steps):
+        state, _ = plain.step(state, batch_at(i), jax.random.fold_in(jax.random.split(jax.random.PRNGKey(3))[1], i))
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * np.asarray(p), ema, plain.params(state))
+        history.append(plain.params(state))
+
+    task = training.with_param_ema(toy.task(), decay)
+    got, _ = training.train(task, batch_at, steps, tmp_path / "a", seed=3, progress=False, log_every=1)
+    for a, b in zip(jax.tree.leaves(task.params(got)), jax.tree.leaves(ema)):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(got.inner.params), jax.tree.leaves(history[-1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the inner training is untouched
+    assert not np.allclose(np.asarray(task.params(got)["w"]), np.asarray(got.inner.params["w"]))
+
+    training.train(task, batch_at, 3, tmp_path / "b", seed=3, progress=False, checkpoint_every=3)
+    resumed, _ = training.train(task, batch_at, steps, tmp_path / "b", seed=3, progress=False)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(training.TrainingError, match="decay"):
+        training.with_param_ema(toy.task(), 1.0)
+
+
 @pytest.fixture(scope="module")
 def vqvae_run(data, tmp_path_factory) -> Path:
     """A tiny VQ-VAE trained by scripts/train_vqvae.py (8 steps)."""
@@ -146,9 +175,10 @@ def test_prior_script_trains_exports_and_fine_tunes(vqvae_run, data, tmp_path):
     assert prior.config == PriorConfig.from_dict(TINY_PRIOR)
     assert set(prior.vocab["artists"]) == {"unknown", "ada_low", "ben_high", "cleo_minor", "dev_tritone"}
 
-    # --init-from: config, params and vocab come from the model directory (0 steps: a pure round trip).
+    # --init-from: config, params and vocab come from the model directory (0 steps: a pure round trip;
+    # the params' moving average of --ema starts from them).
     tuned = tmp_path / "tuned"
-    script.main(common + ["--out", str(tuned), "--init-from", str(out / "model"), "--steps", "0"])
+    script.main(common + ["--out", str(tuned), "--init-from", str(out / "model"), "--steps", "0", "--ema", "0.99"])
     again = load_prior(tuned / "model")
     assert again.config == prior.config and again.vocab == prior.vocab
     for a, b in zip(jax.tree_util.tree_leaves(again.params), jax.tree_util.tree_leaves(prior.params)):

@@ -109,3 +109,16 @@ def test_bad_requests_are_refused(toy):
         sample_prior(toy, jax.random.key(0), 1, y=y, upper=upper, top_k=3, top_p=0.5)
     with pytest.raises(SamplingError, match="prime codes"):
         sample_prior(toy, jax.random.key(0), 1, y=y, upper=upper, prime=prime + 100)
+
+
+def test_layer_weights_are_split_only_where_a_copy_fits(monkeypatch):
+    """Sampling at small batch splits the layer weights out of their stacks (a second copy) only
+    when half the free memory holds it; here the host's, as on a CPU."""
+    from jukebox_flax.sampling import sampler
+
+    params = {"w": np.zeros((1000,), np.float32)}  # 4000 bytes
+    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 1}
+    monkeypatch.setattr(sampler.os, "sysconf", lambda name: pages[name])
+    assert not sampler._copy_fits(params)
+    pages["SC_AVPHYS_PAGES"] = 2
+    assert sampler._copy_fits(params)

@@ -28,6 +28,7 @@ original (which does not forbid lyric tokens at music positions while sampling).
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Optional
 
 import flax
@@ -55,16 +56,22 @@ class SamplingState:
 
 
 def _copy_fits(params) -> bool:
-    """Whether a second copy of ``params`` fits in the free memory of the device (at trace time;
-    devices that report no memory statistics, such as CPUs, count as fitting)."""
+    """Whether a second copy of ``params`` fits in half the free memory of the device (at trace
+    time): the accelerator's memory statistics, else the host's available memory (CPUs report no
+    statistics); True when neither is known."""
     try:
         stats = jax.devices()[0].memory_stats()
     except Exception:  # backends without memory statistics
         stats = None
-    if not stats or "bytes_limit" not in stats:
-        return True
+    if stats and "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # not a POSIX host
+            return True
     need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    return need < 0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return need < 0.5 * free
 
 
 def row_keys(key: jax.Array, batch: int, row_offset=0) -> jax.Array:

@@ -287,6 +287,8 @@ def matmul_floor(case: Case, batch: int, steps: int = 32) -> tuple[float, float]
 
 def filter_costs(vocab: int = 2048, batch: int = 1, steps: int = 200) -> dict[str, float]:
     """ms per step of ``sample_token`` with each filter setting (traced settings: one compile)."""
+    from functools import partial
+
     import jax
     import jax.numpy as jnp
 
@@ -305,9 +307,9 @@ def filter_costs(vocab: int = 2048, batch: int = 1, steps: int = 200) -> dict[st
                 "top-p 0.9": (0, 0.9)}
     out = {}
     for name, (k, p) in settings.items():
-        args = (jnp.int32(k), jnp.float32(p))
-        run(*args).block_until_ready()
-        out[name] = 1e3 * _best(lambda: run(*args).block_until_ready(), 5) / steps
+        step = partial(run, jnp.int32(k), jnp.float32(p))
+        step().block_until_ready()
+        out[name] = 1e3 * _best(lambda step=step: step().block_until_ready(), 5) / steps
     return out
 
 

@@ -91,7 +91,9 @@ def test_top_k_and_top_p_restrict_the_support(toy):
 def test_one_compilation_serves_every_window(toy):
     """One compile of prefill and one of the token loop serve every window and setting of a batch
     size (batch 5 is used by no other test here, so the first window compiles both afresh)."""
-    sizes = lambda: (WindowSampler.prefill._cache_size(), WindowSampler.sample._cache_size())
+    def sizes():
+        return WindowSampler.prefill._cache_size(), WindowSampler.sample._cache_size()
+
     before = sizes()
     y, upper, prime = _inputs(toy.config, batch=5, n_prime=12)
     sample_prior(toy, jax.random.key(0), 12, y=y, upper=upper, prime=prime, chunk_size=4)

@@ -64,24 +64,24 @@ def _int_array(name: str, x: Any, ndim: int = 2) -> np.ndarray:
 
 
 @partial(jax.jit, static_argnames="module")
-def _logits(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) -> jax.Array:
+def _logits(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) -> Any:
     return module.apply({"params": params}, tokens, y, upper)
 
 
 @partial(jax.jit, static_argnames=("module", "layers", "stop_early", "music_only"))
 def _features(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any, layers: tuple[int, ...],
-              stop_early: bool, music_only: bool) -> dict[int, jax.Array]:
+              stop_early: bool, music_only: bool) -> Any:
     return module.apply({"params": params}, tokens, y, upper, layers=layers, stop_early=stop_early,
                         music_only=music_only, method=JukeboxPrior.features)
 
 
 @partial(jax.jit, static_argnames="module")
-def _condition(module: JukeboxPrior, params: Any, y: Any, upper: Any) -> dict:
+def _condition(module: JukeboxPrior, params: Any, y: Any, upper: Any) -> Any:
     return module.apply({"params": params}, y, upper, method=JukeboxPrior.condition)
 
 
 @partial(jax.jit, static_argnames="module")
-def _loss(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) -> tuple[jax.Array, dict]:
+def _loss(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) -> Any:
     return module.apply({"params": params}, tokens, y, upper, method=JukeboxPrior.loss)
 
 
@@ -189,7 +189,7 @@ class Prior:
 
     # -- sampling ---------------------------------------------------------------------------------
     def sample(self, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, **kw) -> jax.Array:
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, **kw: Any) -> np.ndarray:
         """``n`` new tokens after the optional ``prime`` int32 [B, T_prime] (see ``sampling.sampler``)."""
         return sample_prior(self, key, n, y=y, upper=upper, prime=prime, temperature=temperature,
                             top_k=top_k, top_p=top_p, **kw)

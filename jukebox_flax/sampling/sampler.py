@@ -27,9 +27,10 @@ original (which does not forbid lyric tokens at music positions while sampling).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import flax
 import jax
@@ -61,10 +62,10 @@ class DecodeModel(Protocol):
 
     def init_cache(self, batch: int, dtype: Any = None) -> Any: ...
 
-    def decode(self, inputs: jax.Array, start: Any, cache: Any, x_cond: Optional[jax.Array] = None,
-               y_cond: Optional[jax.Array] = None, encoder_kv: Optional[jax.Array] = None) -> tuple[jax.Array, Any]: ...
+    def decode(self, inputs: jax.Array, start: Any, cache: Any, x_cond: jax.Array | None = None,
+               y_cond: jax.Array | None = None, encoder_kv: jax.Array | None = None) -> tuple[jax.Array, Any]: ...
 
-    def condition(self, y: Optional[jax.Array], upper: Optional[jax.Array]) -> dict: ...
+    def condition(self, y: jax.Array | None, upper: jax.Array | None) -> dict: ...
 
     def apply(self, variables: Any, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -76,9 +77,14 @@ class LoadedModel(Protocol):
     ``check_inputs(tokens, y, upper)`` validates them and returns int32 numpy arrays (None stays None).
     """
 
-    config: Any
-    params: Any
-    module: DecodeModel
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def params(self) -> Any: ...
+
+    @property
+    def module(self) -> DecodeModel: ...
 
     def check_inputs(self, tokens: Any = None, y: Any = None, upper: Any = None) -> tuple: ...
 
@@ -92,7 +98,7 @@ class SamplingParams:
     top_p: jax.Array  # float32 scalar
 
     @classmethod
-    def make(cls, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0) -> "SamplingParams":
+    def make(cls, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0) -> SamplingParams:
         """Checked host values (numpy scalars: cheaper to pass to jit than jax arrays)."""
         check_filter_args(int(top_k), float(top_p))
         if not temperature > 0:
@@ -107,8 +113,8 @@ class SamplingState:
     t: jax.Array  # int32 scalar: the position sampled next
     tokens: jax.Array  # int32 [B, L]: prime, then sampled tokens (merged vocabulary for 1b style)
     cache: Any  # the model's KV cache, filled below t
-    keys: Optional[jax.Array]  # [B] row keys (None when only scoring)
-    logits: Optional[jax.Array] = None  # float32 [B, L, bins]: the model's logits below t, when asked for
+    keys: jax.Array | None  # [B] row keys (None when only scoring)
+    logits: jax.Array | None = None  # float32 [B, L, bins]: the model's logits below t, when asked for
 
 
 def row_keys(key: jax.Array, batch: int, row_offset: Any = 0) -> jax.Array:
@@ -119,7 +125,7 @@ def row_keys(key: jax.Array, batch: int, row_offset: Any = 0) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames="model")
-def condition(model: DecodeModel, params: Any, y: Optional[jax.Array], upper: Optional[jax.Array]) -> dict:
+def condition(model: DecodeModel, params: Any, y: jax.Array | None, upper: jax.Array | None) -> dict:
     """``model.condition(y, upper)`` restricted to the tensors ``decode`` takes."""
     cond = model.apply({"params": params}, y, upper, method="condition")
     return {k: cond.get(k) for k in _DECODE_INPUTS}
@@ -144,7 +150,7 @@ class WindowSampler:
 
     @partial(jax.jit, static_argnames=("self", "with_logits"), donate_argnames="cache")
     def prefill(self, params: Any, cond: dict, tokens: jax.Array, n_prime: jax.Array, cache: Any,
-                key: Optional[jax.Array] = None, row_offset: Any = 0, with_logits: bool = False) -> SamplingState:
+                key: jax.Array | None = None, row_offset: Any = 0, with_logits: bool = False) -> SamplingState:
         """Run positions ``< n_prime`` of ``tokens [B, L]`` through the model into ``cache`` (its old
         contents are discarded); the state samples position ``n_prime`` next. ``key``: the window's
         key, from which the row keys ``sample`` draws with are derived (``row_keys``; None: the state
@@ -188,19 +194,21 @@ class WindowSampler:
             t = state.t
             prev = jax.lax.dynamic_slice_in_dim(state.tokens, jnp.maximum(t - 1, 0), 1, axis=1)
             logits, cache = self._decode(params, prev, t, state.cache, cond)
-            step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, t.astype(jnp.uint32))
+            keys = state.keys
+            assert keys is not None  # checked above; the carry keeps it
+            step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t.astype(jnp.uint32))
             token = jax.vmap(sample_token, in_axes=(0, 0, None, None, None))(
                 step_keys, logits[:, 0], sampling.temperature, sampling.top_k, sampling.top_p)
             tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, token[:, None], t, axis=1)
             logits_buf = state.logits
             if logits_buf is not None:
                 logits_buf = jax.lax.dynamic_update_slice_in_dim(logits_buf, logits.astype(jnp.float32), t, axis=1)
-            return state.replace(t=t + 1, tokens=tokens, cache=cache, logits=logits_buf)
+            return dataclasses.replace(state, t=t + 1, tokens=tokens, cache=cache, logits=logits_buf)
 
         return jax.lax.while_loop(lambda s: s.t < end, step, state)
 
 
-def _prepare(prior: LoadedModel, y: Any, upper: Any, prime: Any, batch: Optional[int], cache: Any):
+def _prepare(prior: LoadedModel, y: Any, upper: Any, prime: Any, batch: int | None, cache: Any):
     """Conditioning, the token buffer ([lyrics ; music] in the merged vocabulary for a single
     encoder-decoder) and a cache for one window."""
     config = prior.config
@@ -234,7 +242,7 @@ def _sampler(prior: LoadedModel, chunk_size: int) -> WindowSampler:
 
 def sample_window(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
                   *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, chunk_size: int = 32,
-                  row_offset: int = 0, batch: Optional[int] = None, cache: Any = None,
+                  row_offset: int = 0, batch: int | None = None, cache: Any = None,
                   mesh: Any = None) -> tuple[np.ndarray, Any]:
     """``sample_prior`` that also takes and returns the KV cache, so a caller sampling many windows
     reuses (donates) one cache allocation. The returned cache must not be used after passing it."""
@@ -278,7 +286,7 @@ def score_tokens(prior: LoadedModel, tokens: Any, y: Any = None, upper: Any = No
 
 def sample_prior(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, chunk_size: int = 32,
-                 row_offset: int = 0, batch: Optional[int] = None, mesh: Any = None) -> np.ndarray:
+                 row_offset: int = 0, batch: int | None = None, mesh: Any = None) -> np.ndarray:
     """Sample ``n`` new tokens of one window with a prior; returns int32 ``[B, T_prime + n]``.
 
     Like the original ``SimplePrior.sample`` the result is the prime followed by the new tokens.

@@ -71,13 +71,13 @@ def count_params(params: Any, include_codebooks: bool = False) -> int:
 
 
 @partial(jax.jit, static_argnames="config")
-def _encode(config: VQVAEConfig, params: Any, audio: jax.Array) -> list[jax.Array]:
+def _encode(config: VQVAEConfig, params: Any, audio: jax.Array) -> Any:
     """Jitted with the config static: jit's cache is shared by every VQVAE of one config (per shape)."""
     return VQVAEModule(config).apply({"params": params}, audio, method=VQVAEModule.encode)
 
 
 @partial(jax.jit, static_argnames=("config", "start_level"))
-def _decode(config: VQVAEConfig, params: Any, codes: list, start_level: int) -> jax.Array:
+def _decode(config: VQVAEConfig, params: Any, codes: list, start_level: int) -> Any:
     return VQVAEModule(config).apply({"params": params}, codes, start_level=start_level, method=VQVAEModule.decode)
 
 

@@ -1,6 +1,7 @@
 """Sampling speed of jukebox-flax next to the Hugging Face port, on the same weights, in one process.
 
     python scripts/bench_sampling.py [--quick] [--json FILE] [--threads N] [--hf-tokens 256]
+    python scripts/bench_sampling.py --filters      # the logit filters' cost per step only (no HF needed)
 
 Cases: the fixture-size priors (the three priors of ``tests/fixtures/hf/tiny_1b_style``: a 1b_lyrics-
 style top prior with 8 lyric tokens + 32 music tokens, and two upsamplers of 32 / 128 tokens) and a
@@ -31,6 +32,10 @@ tokens/s counts the new tokens of all batch rows.
 The floor (mid-size prior): the per-token time of the step's matmuls alone (every layer kernel and
 the head, fp32, chained; ``matmul_floor``), in XLA and in torch. No fp32 implementation's step is
 faster on the machine, so HF's ms/step over it is the largest speed-up anyone can reach there.
+
+The logit filters (``--filters``, also printed after a full run): ms per sampling step of
+``filter.sample_token`` on one row of 2048 codes with no filter (the categorical draw), top-k 8 / 64 /
+512 and top-p 0.9 (the nucleus sorts the whole vocabulary), each as one compiled loop of steps.
 
 Threads: ``--threads`` (default 1) for torch and, when 1, for XLA too (otherwise XLA uses every
 core). One thread is Hugging Face's best case on this machine: with 2 torch threads its sampling was
@@ -280,6 +285,39 @@ def matmul_floor(case: Case, batch: int, steps: int = 32) -> tuple[float, float]
     return xla, th
 
 
+def filter_costs(vocab: int = 2048, batch: int = 1, steps: int = 200) -> dict[str, float]:
+    """ms per step of ``sample_token`` with each filter setting (traced settings: one compile)."""
+    from functools import partial
+
+    import jax
+    import jax.numpy as jnp
+
+    from jukebox_flax.sampling.filter import sample_token
+
+    logits = jax.random.normal(jax.random.key(0), (batch, vocab), jnp.float32)
+
+    @jax.jit
+    def run(top_k, top_p):
+        def body(i, acc):
+            key = jax.random.fold_in(jax.random.key(1), i)
+            return acc + sample_token(key, logits + acc[:, None].astype(jnp.float32) * 1e-9, 1.0, top_k, top_p)
+        return jax.lax.fori_loop(0, steps, body, jnp.zeros((batch,), jnp.int32))
+
+    settings = {"none (draw only)": (0, 0.0), "top-k 8": (8, 0.0), "top-k 64": (64, 0.0), "top-k 512": (512, 0.0),
+                "top-p 0.9": (0, 0.9)}
+    out = {}
+    for name, (k, p) in settings.items():
+        step = partial(run, jnp.int32(k), jnp.float32(p))
+        step().block_until_ready()
+        out[name] = 1e3 * _best(lambda step=step: step().block_until_ready(), 5) / steps
+    return out
+
+
+def filters_markdown(costs: dict[str, float], vocab: int = 2048) -> str:
+    return (f"Logit filters, ms per step (one row, {vocab} codes): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in costs.items()) + ".")
+
+
 def bench_case(case: Case, batch: int, reps: int, hf_tokens: int) -> dict:
     n, q = case.n, max(min(case.n // 4, 256), 2)
     first = _timed(lambda: case.ours_sample(batch, 1))  # compiles the window loop and the conditioning
@@ -367,6 +405,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--reps", type=int, default=None, help="interleaved repeats of the fixture cases "
                         "(default 3, quick 2; the mid-size case: 2 at batch 1, else 1)")
     parser.add_argument("--skip-mid", action="store_true")
+    parser.add_argument("--filters", action="store_true", help="only time the logit filters (no HF needed)")
     args = parser.parse_args(argv)
     if args.threads == 1:  # before jax starts its thread pool
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -375,6 +414,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"note: XLA uses all {os.cpu_count()} cores; only torch gets {args.threads}", file=sys.stderr)
     t_start = time.perf_counter()
     load_before = _load()
+    if args.filters:
+        print(filters_markdown(filter_costs()))
+        return
 
     import jax
     import torch
@@ -406,9 +448,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         "transformers": transformers.__version__, "total_s": time.perf_counter() - t_start,
         "command": "python scripts/bench_sampling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    filters = filter_costs()
     print(markdown(rows, checks, meta))
+    print(filters_markdown(filters))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "logit_checks": checks, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"meta": meta, "logit_checks": checks, "rows": rows, "filters_ms": filters},
+                                        indent=1))
 
 
 if __name__ == "__main__":

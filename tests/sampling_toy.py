@@ -86,11 +86,15 @@ class ToyPrior(nn.Module):
 
 @dataclass
 class ToyPriorHandle:
-    """What sample_prior needs from a loaded prior: config, params, module."""
+    """What sample_prior needs from a loaded prior (``sampler.LoadedModel``): config, params, module
+    and input checks (here only the conversion to int32 numpy arrays)."""
 
     config: ToyConfig
     params: dict
     module: ToyPrior
+
+    def check_inputs(self, tokens=None, y=None, upper=None) -> tuple:
+        return tuple(None if x is None else np.asarray(x, np.int32) for x in (tokens, y, upper))
 
 
 def make_toy(config: ToyConfig = ToyConfig(), seed: int = 0) -> ToyPriorHandle:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jukebox_flax.sampling.errors import SamplingError
-from jukebox_flax.sampling.sampler import sample_prior, window_function
+from jukebox_flax.sampling.sampler import WindowSampler, sample_prior
 from sampling_toy import ToyConfig, greedy_reference, make_toy
 
 RNG = np.random.default_rng(0)
@@ -89,16 +89,36 @@ def test_top_k_and_top_p_restrict_the_support(toy):
 
 
 def test_one_compilation_serves_every_window(toy):
-    fn = window_function(toy.module, 4)
-    y, upper, prime = _inputs(toy.config, n_prime=12)
+    """One compile of prefill and one of the token loop serve every window and setting of a batch
+    size (batch 5 is used by no other test here, so the first window compiles both afresh)."""
+    def sizes():
+        return WindowSampler.prefill._cache_size(), WindowSampler.sample._cache_size()
+
+    before = sizes()
+    y, upper, prime = _inputs(toy.config, batch=5, n_prime=12)
     sample_prior(toy, jax.random.key(0), 12, y=y, upper=upper, prime=prime, chunk_size=4)
-    size = fn._cache_size()
+    assert sizes() == (before[0] + 1, before[1] + 1)
     # another window: other prime length, other count, other labels and settings
-    y2, upper2, prime2 = _inputs(toy.config, n_prime=20)
+    y2, upper2, prime2 = _inputs(toy.config, batch=5, n_prime=20)
     sample_prior(toy, jax.random.key(5), 3, y=y2, upper=upper2, prime=prime2, chunk_size=4, temperature=0.5,
                  top_p=0.9)
     sample_prior(toy, jax.random.key(5), 24, y=y2, upper=upper2, chunk_size=4, top_k=3)
-    assert fn._cache_size() == size == 1
+    assert sizes() == (before[0] + 1, before[1] + 1)
+
+
+def test_prefill_logits_are_the_teacher_forced_ones(toy):
+    """``score_tokens`` is the prefill alone: its logits (full chunks, then the tail one position
+    at a time) equal the teacher-forced model's."""
+    from jukebox_flax.sampling.sampler import score_tokens
+
+    y, upper, tokens = _inputs(toy.config, n_prime=19)
+    got = score_tokens(toy, tokens, y=y, upper=upper, chunk_size=8)
+    cond = toy.module.apply({"params": toy.params}, y, upper, method="condition")
+    full = np.zeros((3, toy.config.total_ctx), np.int32)
+    full[:, :19] = tokens
+    want = np.asarray(toy.module.apply({"params": toy.params}, full, method="teacher_forced", **cond))[:, :19]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_requests_are_refused(toy):
@@ -109,16 +129,3 @@ def test_bad_requests_are_refused(toy):
         sample_prior(toy, jax.random.key(0), 1, y=y, upper=upper, top_k=3, top_p=0.5)
     with pytest.raises(SamplingError, match="prime codes"):
         sample_prior(toy, jax.random.key(0), 1, y=y, upper=upper, prime=prime + 100)
-
-
-def test_layer_weights_are_split_only_where_a_copy_fits(monkeypatch):
-    """Sampling at small batch splits the layer weights out of their stacks (a second copy) only
-    when half the free memory holds it; here the host's, as on a CPU."""
-    from jukebox_flax.sampling import sampler
-
-    params = {"w": np.zeros((1000,), np.float32)}  # 4000 bytes
-    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 1}
-    monkeypatch.setattr(sampler.os, "sysconf", lambda name: pages[name])
-    assert not sampler._copy_fits(params)
-    pages["SC_AVPHYS_PAGES"] = 2
-    assert sampler._copy_fits(params)

@@ -6,13 +6,15 @@
     tokens = prior.sample(key, n, y=y, upper=upper)
 
 Inputs are checked on the host first (shapes, id ranges, timing range) so a user mistake is a
-``JukeboxError`` with a clear message rather than NaNs from inside jit.
+``JukeboxError`` with a clear message rather than NaNs from inside jit. The methods run module-level
+functions jitted with the module as a static argument: jit's own cache is the only cache, shared by
+every ``Prior`` of an equal module.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional, Union
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, component_dir, load_config, load_params, load_vocab
 from ..config import JukeboxConfig, PriorConfig
+from ..sampling.sampler import sample_prior
 from .conditioners import check_labels
 from .prior import JukeboxPrior, PriorCallError
 
@@ -60,6 +63,28 @@ def _int_array(name: str, x: Any, ndim: int = 2) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+@partial(jax.jit, static_argnames="module")
+def _logits(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) -> Any:
+    return module.apply({"params": params}, tokens, y, upper)
+
+
+@partial(jax.jit, static_argnames=("module", "layers", "stop_early", "music_only"))
+def _features(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any, layers: tuple[int, ...],
+              stop_early: bool, music_only: bool) -> Any:
+    return module.apply({"params": params}, tokens, y, upper, layers=layers, stop_early=stop_early,
+                        music_only=music_only, method=JukeboxPrior.features)
+
+
+@partial(jax.jit, static_argnames="module")
+def _condition(module: JukeboxPrior, params: Any, y: Any, upper: Any) -> Any:
+    return module.apply({"params": params}, y, upper, method=JukeboxPrior.condition)
+
+
+@partial(jax.jit, static_argnames="module")
+def _loss(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) -> Any:
+    return module.apply({"params": params}, tokens, y, upper, method=JukeboxPrior.loss)
+
+
 @dataclass
 class Prior:
     """A loaded prior: ``config`` (PriorConfig), ``params`` (nested dict), ``module`` (JukeboxPrior),
@@ -69,7 +94,6 @@ class Prior:
     params: Any
     module: JukeboxPrior = None  # type: ignore[assignment]
     vocab: Optional[dict] = None
-    _jitted: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -117,11 +141,6 @@ class Prior:
             raise PriorCallError("only upsamplers take upper codes")
         return tokens, y, upper
 
-    def _jit(self, name: Any, fn):
-        if name not in self._jitted:
-            self._jitted[name] = jax.jit(fn)
-        return self._jitted[name]
-
     # -- teacher forcing ---------------------------------------------------------------------------
     def logits(self, tokens: Any, y: Any = None, upper: Any = None) -> jax.Array:
         """float32 logits [B, T, bins] of the original ``z_forward`` (teacher forcing).
@@ -131,9 +150,7 @@ class Prior:
         (1b_lyrics style) returns [B, n_tokens + T, n_vocab + bins]: lyric positions first, joint vocab.
         """
         tokens, y, upper = self.check_inputs(tokens, y, upper)
-        module = self.module
-        fn = self._jit("logits", lambda p, t, y, u: module.apply({"params": p}, t, y, u))
-        return fn(self.params, tokens, y, upper)
+        return _logits(self.module, self.params, tokens, y, upper)
 
     def features(self, tokens: Any, y: Any = None, upper: Any = None, layers: Any = None,
                  stop_early: bool = True, music_only: bool = True) -> dict[int, jax.Array]:
@@ -158,36 +175,22 @@ class Prior:
         if not wanted or wanted[0] < 0 or wanted[-1] > depth:
             raise PriorCallError(f"layers must be layer counts in 0..{depth}, got {list(wanted)}")
         tokens, y, upper = self.check_inputs(tokens, y, upper)
-        module = self.module
-        fn = self._jit(
-            ("features", wanted, bool(stop_early), bool(music_only)),
-            lambda p, t, y, u: module.apply({"params": p}, t, y, u, layers=wanted, stop_early=bool(stop_early),
-                                            music_only=bool(music_only), method=JukeboxPrior.features),
-        )
-        return fn(self.params, tokens, y, upper)
+        return _features(self.module, self.params, tokens, y, upper, wanted, bool(stop_early), bool(music_only))
 
     def condition(self, y: Any = None, upper: Any = None) -> dict:
         """{'x_cond', 'y_cond', 'encoder_kv', 'prime'} (see ``JukeboxPrior.condition``)."""
         _, y, upper = self.check_inputs(None, y, upper)
-        module = self.module
-        fn = self._jit(
-            "condition", lambda p, y, u: module.apply({"params": p}, y, u, method=JukeboxPrior.condition)
-        )
-        return fn(self.params, y, upper)
+        return _condition(self.module, self.params, y, upper)
 
     def loss(self, tokens: Any, y: Any = None, upper: Any = None) -> tuple[jax.Array, dict]:
         """(loss, {'bpd', 'prime_loss', 'gen_loss'}) as the original ``z_forward``."""
         tokens, y, upper = self.check_inputs(tokens, y, upper)
-        module = self.module
-        fn = self._jit("loss", lambda p, t, y, u: module.apply({"params": p}, t, y, u, method=JukeboxPrior.loss))
-        return fn(self.params, tokens, y, upper)
+        return _loss(self.module, self.params, tokens, y, upper)
 
     # -- sampling ---------------------------------------------------------------------------------
     def sample(self, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, **kw) -> jax.Array:
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, **kw: Any) -> np.ndarray:
         """``n`` new tokens after the optional ``prime`` int32 [B, T_prime] (see ``sampling.sampler``)."""
-        from ..sampling.sampler import sample_prior
-
         return sample_prior(self, key, n, y=y, upper=upper, prime=prime, temperature=temperature,
                             top_k=top_k, top_p=top_p, **kw)
 

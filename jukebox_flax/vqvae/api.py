@@ -6,7 +6,7 @@ Also the ``jukebox-flax encode`` / ``decode`` commands (:func:`encode_file`, :fu
 from __future__ import annotations
 
 import os
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -70,13 +70,15 @@ def count_params(params: Any, include_codebooks: bool = False) -> int:
     return total
 
 
-@lru_cache(maxsize=8)
-def _compiled(config: VQVAEConfig) -> tuple[Any, Any]:
-    """jitted encode / decode shared by every VQVAE object of one config (jax caches per shape)."""
-    module = VQVAEModule(config)
-    encode = jax.jit(partial(module.apply, method=VQVAEModule.encode))
-    decode = jax.jit(partial(module.apply, method=VQVAEModule.decode), static_argnames=("start_level",))
-    return encode, decode
+@partial(jax.jit, static_argnames="config")
+def _encode(config: VQVAEConfig, params: Any, audio: jax.Array) -> Any:
+    """Jitted with the config static: jit's cache is shared by every VQVAE of one config (per shape)."""
+    return VQVAEModule(config).apply({"params": params}, audio, method=VQVAEModule.encode)
+
+
+@partial(jax.jit, static_argnames=("config", "start_level"))
+def _decode(config: VQVAEConfig, params: Any, codes: list, start_level: int) -> Any:
+    return VQVAEModule(config).apply({"params": params}, codes, start_level=start_level, method=VQVAEModule.decode)
 
 
 class VQVAE:
@@ -93,7 +95,6 @@ class VQVAE:
         self.chunk_samples = chunk_samples
         self.progress = progress
         self.module = VQVAEModule(config)
-        self._encode, self._decode = _compiled(config)
 
     @property
     def hop_lengths(self) -> tuple[int, ...]:
@@ -118,7 +119,7 @@ class VQVAE:
         for every level, ``codes[0]`` the finest."""
         audio = self._check_audio(audio)
         chunk = chunk_samples or self.chunk_samples
-        run = lambda x: self._encode({"params": self.params}, jnp.asarray(x, self.dtype))
+        run = lambda x: _encode(self.config, self.params, jnp.asarray(x, self.dtype))
         if audio.shape[1] <= chunk:
             return list(run(audio))
         codes = encode_chunked(run, np.asarray(audio), self.config, chunk,
@@ -140,7 +141,7 @@ class VQVAE:
             raise VQVAEInputError(f"codes must be [batch, time], got shape {tuple(np.shape(z))}")
         hop = self.config.hop_lengths[start_level]
         chunk_tokens = max(1, (chunk_samples or self.chunk_samples) // hop)
-        run = lambda c: self._decode({"params": self.params}, [jnp.asarray(c, jnp.int32)], start_level=start_level)
+        run = lambda c: _decode(self.config, self.params, [jnp.asarray(c, jnp.int32)], start_level)
         if np.shape(z)[1] <= chunk_tokens:
             return run(z).astype(jnp.float32)
         audio = decode_chunked(run, np.asarray(z), self.config, start_level, chunk_tokens,

@@ -11,8 +11,9 @@ Modules: ``sources`` (reading files, memory-mapped), ``hf_keys`` (HF <-> origina
 ``convert`` and ``export`` (orchestration), ``cli`` (the two subcommands).
 """
 
+from jukebox_flax.errors import ConvertError
+
 from .convert import convert
 from .export import export
-from .sources import ConvertError
 
 __all__ = ["convert", "export", "ConvertError"]

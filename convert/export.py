@@ -22,8 +22,7 @@ import numpy as np
 
 from jukebox_flax.checkpoint import load_config, load_params
 from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
-
-from .sources import ConvertError
+from jukebox_flax.errors import ConvertError
 
 __all__ = ["export", "hps_from_config", "state_dict_from_params"]
 

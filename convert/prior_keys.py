@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from jukebox_flax.errors import PriorKeyError
+
 from .transformer_keys import autoregressive_from_torch, autoregressive_to_torch
 
 __all__ = [
@@ -37,19 +39,6 @@ __all__ = [
     "prior_params_from_state_dict",
     "prior_state_dict_from_params",
 ]
-
-try:  # the library's error base, so the CLI prints one line; convert/ must not need it otherwise
-    from jukebox_flax.errors import JukeboxError as _Base
-except ImportError:  # pragma: no cover
-    _Base = Exception
-
-
-class PriorKeyError(_Base, KeyError):
-    """A state dict that does not match the prior config (missing, unexpected or mis-shaped keys)."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
 
 # Layout changes, original -> ours. 'same': as is. 'linear': nn.Linear [out, in] -> kernel [in, out].
 # 'conv': Conv1d [out, in, k] -> [k, in, out], and ConvTranspose1d [in, out, k] -> [k, out, in]

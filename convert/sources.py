@@ -21,17 +21,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from jukebox_flax.errors import JukeboxError
+from jukebox_flax.errors import ConvertError
+
+from .hf_keys import split_hf_state_dict
 
 __all__ = ["ConvertError", "Source", "open_source", "load_official_file", "load_hf_state_dict",
            "release_pages", "COMPONENTS"]
 
 COMPONENTS = ("vqvae", "prior_level_0", "prior_level_1", "prior_level_2")
 OFFICIAL_FILES = {name: f"{name}.pth.tar" for name in COMPONENTS}
-
-
-class ConvertError(JukeboxError, ValueError):
-    """A source checkpoint that cannot be converted (unreadable, incomplete, another model...)."""
 
 
 @dataclass
@@ -236,8 +234,6 @@ def load_hf_state_dict(path: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
 
 def open_source(path: Any, trust_pickle: bool = False) -> Source:
     """Open one official file, a directory of official files, or a HF checkpoint directory."""
-    from .hf_keys import split_hf_state_dict
-
     path = Path(path)
     if not path.exists():
         raise ConvertError(f"{path} does not exist")

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from jukebox_flax.errors import VQVAEKeyError
+
 __all__ = [
     "VQVAEKeyError",
     "flax_path",
@@ -26,15 +28,6 @@ __all__ = [
     "vqvae_params_from_state_dict",
     "vqvae_state_dict_from_params",
 ]
-
-try:  # the library's error base, so the CLI reports it as one line
-    from jukebox_flax.errors import JukeboxError as _Base
-except ImportError:  # pragma: no cover
-    _Base = Exception
-
-
-class VQVAEKeyError(_Base, ValueError):
-    """The state dict does not match the VQ-VAE configuration."""
 
 
 _LEAF_TO_FLAX = {"weight": "kernel", "bias": "bias", "k": "k"}

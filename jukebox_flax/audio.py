@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .errors import JukeboxError
+from .errors import AudioError
 
 __all__ = ["AudioError", "SAMPLE_RATE", "load_audio", "save_wav", "resample"]
 
@@ -26,10 +26,6 @@ PathLike = Union[str, os.PathLike]
 SAMPLE_RATE = 44100
 SOXR_QUALITY = "HQ"  # soxr's "high quality" preset
 _SUBTYPES = {"PCM_16": "PCM_16", "FLOAT": "FLOAT", "PCM_24": "PCM_24"}
-
-
-class AudioError(JukeboxError, ValueError):
-    """An audio file that cannot be read or written (missing, empty, corrupt, not audio)."""
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

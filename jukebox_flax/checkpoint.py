@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Union
 import jax
 import numpy as np
 
-from .errors import JukeboxError
+from .errors import CheckpointError
 from .config import ConfigError, JukeboxConfig, config_from_dict
 
 __all__ = [
@@ -41,10 +41,6 @@ VOCAB_FILE = "vocab.json"
 PARAMS_DIR = "params"
 # Host memory the writer may hold in produced-but-unwritten arrays (see _host_checkpointer).
 WRITE_BUDGET_BYTES = 256 * 2**20
-
-
-class CheckpointError(JukeboxError, ValueError):
-    """A missing, corrupt or mismatched model directory."""
 
 
 def is_model_dir(path: PathLike) -> bool:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from .errors import JukeboxError
+from .errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -30,10 +30,6 @@ __all__ = [
     "PRESETS",
     "config_from_dict",
 ]
-
-
-class ConfigError(JukeboxError, ValueError):
-    """An invalid or inconsistent configuration."""
 
 
 # The original code numbers its attention functions; this is the one place those ids appear.

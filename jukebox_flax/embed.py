@@ -45,16 +45,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import JukeboxError
+from .errors import EmbedError, JukeboxError
 
 __all__ = ["EmbedError", "EmbedResult", "Window", "plan_windows", "embed_files", "run_embed", "POOLS"]
 
 PathLike = Union[str, os.PathLike]
 POOLS = ("mean", "max")
-
-
-class EmbedError(JukeboxError, ValueError):
-    """Bad arguments to ``embed`` (layer, pool, batch, model) or no file could be embedded."""
 
 
 @dataclass(frozen=True)

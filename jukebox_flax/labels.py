@@ -52,7 +52,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import JukeboxError
+from .errors import LabelError
 
 __all__ = [
     "LabelError",
@@ -83,10 +83,6 @@ UNKNOWN = "unknown"
 VOCAB_FORMAT = "jukebox-flax-vocab"
 VOCAB_FORMAT_VERSION = 1
 _HF_V2_SUFFIX = ".v2"
-
-
-class LabelError(JukeboxError, ValueError):
-    """Bad label input: unknown artist or genre, too many genres, bad offsets, unreadable vocab."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from .errors import JukeboxError
+from .errors import ShardingError
 
 __all__ = [
     "ShardingError",
@@ -86,10 +86,6 @@ _PARAM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 
 # a KV cache leaf [R, B, S, n_state] (prior/transformer.py)
 CACHE_AXES = ("layers", "batch", "cache_len", "kv")
-
-
-class ShardingError(JukeboxError, ValueError):
-    """A mesh that does not fit the devices, or a batch the mesh cannot split."""
 
 
 # ------------------------------------------------------------------------------------------------

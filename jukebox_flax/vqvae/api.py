@@ -16,7 +16,7 @@ import numpy as np
 
 from ..checkpoint import component_dir, load_config, load_params
 from ..config import VQVAEConfig
-from ..errors import JukeboxError
+from ..errors import VQVAEInputError
 from .chunked import decode_chunked, encode_chunked
 from .vqvae import VQVAEModule
 
@@ -35,10 +35,6 @@ PathLike = Union[str, os.PathLike]
 
 # Longer inputs are processed in windows (bounded memory); ~24 s of audio per window.
 DEFAULT_CHUNK_SAMPLES = 1 << 20
-
-
-class VQVAEInputError(JukeboxError, ValueError):
-    """Audio or codes with the wrong shape, length or level."""
 
 
 def init_vqvae_params(config: VQVAEConfig, key: jax.Array) -> dict:

@@ -12,14 +12,13 @@ token embedding's storage, as in the released files.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from jukebox_flax.atomic import atomic_write
 from jukebox_flax.checkpoint import load_config, load_params
 from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
 from jukebox_flax.errors import ConvertError
@@ -101,15 +100,8 @@ def _to_torch(sd: dict[str, Any]) -> "OrderedDict[str, Any]":
 def _save_atomic(obj: Any, out: Path) -> None:
     import torch
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out) as f:
+        torch.save(obj, f)
 
 
 def _export_component(model_dir: Path, out: Path, config: Any, vqvae: Optional[VQVAEConfig], mappings=None) -> None:

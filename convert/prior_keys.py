@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from jukebox_flax.errors import PriorKeyError
+from jukebox_flax.tree import named_leaves
 
 from .transformer_keys import autoregressive_from_torch, autoregressive_to_torch
 
@@ -162,16 +163,6 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, prefix + (name,)))
-        else:
-            out[prefix + (name,)] = value
-    return out
-
-
 def _is_array(leaf: Any) -> bool:
     return hasattr(leaf, "__array__")
 
@@ -231,8 +222,8 @@ def _check_transformer_shapes(params: Mapping[str, Any], c) -> None:
     """Compare the transformer parts with the shapes the model expects (``jax.eval_shape``)."""
     from jukebox_flax.prior.api import abstract_prior_params
 
-    want = _flatten(abstract_prior_params(c))
-    have = _flatten(params)
+    want = named_leaves(abstract_prior_params(c))
+    have = named_leaves(params)
     problems = [f"missing params/{'/'.join(p)}" for p in sorted(set(want) - set(have))]
     problems += [f"unexpected params/{'/'.join(p)}" for p in sorted(set(have) - set(want))]
     problems += [
@@ -253,13 +244,13 @@ def prior_state_dict_from_params(params: Mapping[str, Any], config) -> dict[str,
     if "params" in params and len(params) == 1:
         params = params["params"]
     c = config
-    flat = _flatten(params)
+    flat = named_leaves(params)
     structs = not all(_is_array(v) for v in flat.values())
     make = None
     if structs:
         make = type(next(v for v in flat.values() if not _is_array(v)))
         params = _unflatten({k: _as_view(v) for k, v in flat.items()})
-        flat = _flatten(params)
+        flat = named_leaves(params)
     entries = prior_key_table(c)
     wanted = {e.path for e in entries}
     roots = {"prior", "lyric_encoder"} if c.lyrics == "separate" else {"prior"}

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jukebox_flax.errors import VQVAEKeyError
+from jukebox_flax.tree import named_leaves
 
 __all__ = [
     "VQVAEKeyError",
@@ -120,15 +121,6 @@ def vqvae_params_from_state_dict(sd: Mapping[str, np.ndarray], config: Any, dtyp
 
 def vqvae_state_dict_from_params(params: Mapping, config: Any) -> dict[str, np.ndarray]:
     """The exact inverse of :func:`vqvae_params_from_state_dict`: original keys, torch layouts, numpy arrays."""
-    flat: dict[tuple[str, ...], np.ndarray] = {}
-
-    def walk(node: Mapping, prefix: tuple[str, ...]) -> None:
-        for name, value in node.items():
-            if isinstance(value, Mapping):
-                walk(value, prefix + (name,))
-            else:
-                flat[prefix + (name,)] = np.asarray(value)
-
-    walk(params, ())
+    flat = {names: np.asarray(value) for names, value in named_leaves(params).items()}
     _check({p: w.shape for p, w in flat.items()}, _expected_shapes(config), lambda p: "/".join(p))
     return {original_key(p): np.ascontiguousarray(_to_torch(p, w)) for p, w in sorted(flat.items())}

@@ -17,6 +17,7 @@ import numpy as np
 from ..checkpoint import component_dir, load_config, load_params
 from ..config import VQVAEConfig
 from ..errors import VQVAEInputError
+from ..tree import named_leaves
 from .chunked import decode_chunked, encode_chunked
 from .vqvae import VQVAEModule
 
@@ -52,8 +53,7 @@ def _abstract_params(config: VQVAEConfig) -> Any:
 
 def vqvae_param_shapes(config: VQVAEConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """``{path: shape}`` of every param (codebooks included), without allocating memory."""
-    flat = jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+    return {names: tuple(leaf.shape) for names, leaf in named_leaves(_abstract_params(config)).items()}
 
 
 def count_params(params: Any, include_codebooks: bool = False) -> int:

@@ -30,10 +30,15 @@ import numpy as np
 
 from jukebox_flax import config as cfg
 from jukebox_flax.checkpoint import LazyArray, save_model_dir, save_whole_model_dir
-from jukebox_flax.config import ConfigError, JukeboxConfig, PriorConfig, VQVAEConfig
-from jukebox_flax.errors import JukeboxError
+from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig, training_only_fields
+from jukebox_flax.errors import ConfigError, ConvertError, JukeboxError
+from jukebox_flax.labels import Labeller
 
-from .sources import COMPONENTS, ConvertError, Source, open_source, release_pages
+from .hf_config import jukebox_config_from_hf
+from .hps import prior_config_from_hps, vqvae_config_from_hps
+from .prior_keys import prior_params_from_state_dict
+from .sources import COMPONENTS, Source, open_source, release_pages
+from .vqvae_keys import vqvae_params_from_state_dict
 
 __all__ = ["convert", "Mappings", "DTYPES", "StackedRows", "component_kind", "configs_for", "params_for"]
 
@@ -44,14 +49,10 @@ Mappings = Mapping[str, Callable[[Mapping[str, np.ndarray], Any], dict]]
 
 
 def _vqvae_mapping(sd, config):
-    from .vqvae_keys import vqvae_params_from_state_dict
-
     return vqvae_params_from_state_dict(sd, config)
 
 
 def _prior_mapping(sd, config):
-    from .prior_keys import prior_params_from_state_dict
-
     return prior_params_from_state_dict(sd, config, stack=StackedRows)
 
 
@@ -120,13 +121,13 @@ def _read_hps(hps: Union[None, str, Path, Mapping]) -> Optional[dict]:
 def _config_from_hps(kind: str, hps: Mapping[str, Any], where: str, vqvae: Optional[VQVAEConfig] = None):
     try:
         if kind == "vqvae":
-            return VQVAEConfig.from_hps(hps)
+            return vqvae_config_from_hps(hps)
         if vqvae is None:
             try:
-                vqvae = VQVAEConfig.from_hps(hps)
+                vqvae = vqvae_config_from_hps(hps)
             except (KeyError, TypeError, ValueError):
                 vqvae = VQVAEConfig()
-        return PriorConfig.from_hps(hps, vqvae)
+        return prior_config_from_hps(hps, vqvae)
     except KeyError as e:
         raise ConvertError(f"{where}: hyperparameter {e} is missing") from None
     except (ConfigError, TypeError, ValueError) as e:
@@ -149,13 +150,9 @@ def _check_kind(component_config: Any, kind: str, where: str) -> None:
         raise ConvertError(f"{where} is a {kind} checkpoint but the given config is {got}")
 
 
-# Fields that only steer training (loss weights, EMA rate, fp16 storage), and a prior's ``bins``
-# (read from its weights): a file's hps and the user's --hps / --preset may differ in these.
-_TRAINING_ONLY = frozenset({
-    "l_mu", "commit", "revival_threshold", "loss_fn", "lmix_l1", "lmix_l2", "lmix_linf", "linf_k", "spectral",
-    "multispectral", "multispec_n_fft", "multispec_hop_length", "multispec_window_size",
-    "prime_loss_fraction", "fp16_params", "bins",
-})
+# A file's hps and the user's --hps / --preset may differ in the fields marked training-only and in
+# a prior's ``bins`` (read from its weights).
+_READ_FROM_WEIGHTS = frozenset({"bins"})
 
 
 def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -163,8 +160,9 @@ def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
     if type(a) is not type(b):
         return [f"{prefix.rstrip('.') or 'kind'} ({type(a).__name__} vs {type(b).__name__})"]
     out = []
+    ignored = training_only_fields(a) | _READ_FROM_WEIGHTS
     for f in dataclasses.fields(a):
-        if f.name in _TRAINING_ONLY:
+        if f.name in ignored:
             continue
         x, y = getattr(a, f.name), getattr(b, f.name)
         if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
@@ -270,7 +268,7 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
                 raise ConvertError(f"{given}: the components do not form one model: {e}") from None
         if chosen is None:
             try:
-                chosen = JukeboxConfig.from_hf(source.hf_config)
+                chosen = jukebox_config_from_hf(source.hf_config)
             except (ConfigError, KeyError, TypeError, ValueError) as e:
                 raise ConvertError(f"{source.path / 'config.json'}: cannot read the model config ({e})") from None
         configs = {"vqvae": chosen.vqvae, **{f"prior_level_{p.level}": p for p in chosen.priors}}
@@ -346,8 +344,6 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
 def _vocab_for(config: PriorConfig, ids: Any, vocab: Any) -> Optional[dict]:
     if not config.labels or (ids is None and vocab is None):
         return None
-    from jukebox_flax.labels import Labeller
-
     shape = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
                  sample_length=config.sample_length)
     if ids is not None:

@@ -12,6 +12,8 @@ import pytest
 from conftest import HF, hps, load_npz, state_dict
 
 from jukebox_flax.config import VQVAEConfig
+from jukebox_flax_convert.hf_config import vqvae_config_from_hf
+from jukebox_flax_convert.hps import vqvae_config_from_hps
 from jukebox_flax.vqvae import bottleneck as bn
 from jukebox_flax.vqvae.api import VQVAE, VQVAEInputError, init_vqvae_params
 from jukebox_flax.vqvae.chunked import decoder_reach, encoder_reach
@@ -29,7 +31,7 @@ BANDWIDTH = dict(l1=0.1, l2=0.01, spec=10.0)  # what the oracle fixed
 @pytest.fixture(scope="module")
 def tiny():
     f = load_npz("openai/vqvae_tiny")
-    config = VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    config = vqvae_config_from_hps(hps("vqvae_tiny"))
     params = vqvae_params_from_state_dict(state_dict(f), config)
     return f, config, params, VQVAEModule(config)
 
@@ -148,7 +150,7 @@ def test_hf_fixture_parity():
 
     root = HF / "tiny_1b_style"
     hf_cfg = json.loads((root / "vqvae_config.json").read_text())
-    config = VQVAEConfig.from_hf(hf_cfg)
+    config = vqvae_config_from_hf(hf_cfg)
     with np.load(root / "state_dict.npz") as sd_file:
         sd = {}
         for key in sd_file.files:

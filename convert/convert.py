@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
+import ml_dtypes
 import numpy as np
 
 from jukebox_flax import config as cfg
@@ -84,8 +85,6 @@ def np_dtype(name: str) -> np.dtype:
     if name not in DTYPES:
         raise ConvertError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     if name == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 

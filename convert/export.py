@@ -16,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
 import numpy as np
 
 from jukebox_flax.atomic import atomic_write
@@ -24,6 +25,8 @@ from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
 from jukebox_flax.errors import ConvertError
 
 from .hps import hps_from_config
+from .prior_keys import prior_state_dict_from_params
+from .vqvae_keys import vqvae_state_dict_from_params
 
 __all__ = ["export", "hps_from_config", "state_dict_from_params"]  # hps_from_config: from .hps
 
@@ -31,11 +34,7 @@ __all__ = ["export", "hps_from_config", "state_dict_from_params"]  # hps_from_co
 def state_dict_from_params(params: Any, config: Any) -> dict[str, np.ndarray]:
     """Original keys -> numpy arrays (torch layouts) through the module owners' inverse mappings."""
     if isinstance(config, VQVAEConfig):
-        from .vqvae_keys import vqvae_state_dict_from_params
-
         return vqvae_state_dict_from_params(params, config)
-    from .prior_keys import prior_state_dict_from_params
-
     return prior_state_dict_from_params(params, config)
 
 
@@ -64,8 +63,6 @@ def _save_atomic(obj: Any, out: Path) -> None:
 
 
 def _export_component(model_dir: Path, out: Path, config: Any, vqvae: Optional[VQVAEConfig], mappings=None) -> None:
-    import jax
-
     params = jax.tree_util.tree_map(np.asarray, load_params(model_dir))
     sd = (mappings or state_dict_from_params)(params, config)
     _save_atomic({"hps": hps_from_config(config, vqvae), "model": _to_torch(sd)}, out)

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from jukebox_flax.config import attention_layout
 from jukebox_flax.errors import PriorKeyError
+from jukebox_flax.prior.api import abstract_prior_params
 from jukebox_flax.tree import named_leaves
 
 from .transformer_keys import autoregressive_from_torch, autoregressive_to_torch
@@ -213,15 +215,11 @@ def prior_params_from_state_dict(sd: Mapping[str, Any], config, stack: Callable[
 
 
 def _encoder_layout(c) -> tuple[str, ...]:
-    from jukebox_flax.config import attention_layout
-
     return attention_layout(c.encoder.attn_order, c.encoder.depth)
 
 
 def _check_transformer_shapes(params: Mapping[str, Any], c) -> None:
     """Compare the transformer parts with the shapes the model expects (``jax.eval_shape``)."""
-    from jukebox_flax.prior.api import abstract_prior_params
-
     want = named_leaves(abstract_prior_params(c))
     have = named_leaves(params)
     problems = [f"missing params/{'/'.join(p)}" for p in sorted(set(want) - set(have))]

@@ -13,12 +13,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import ml_dtypes
 import numpy as np
 
 from jukebox_flax.errors import ConvertError
@@ -77,8 +79,6 @@ def _safe_globals() -> list:
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
-    import pickle
-
     import torch
 
     mmap_ok = zipfile.is_zipfile(path)  # torch's zip format; the legacy format cannot be mapped
@@ -109,8 +109,6 @@ def tensor_to_numpy(t: Any) -> np.ndarray:
 
     t = t.detach()
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
@@ -151,8 +149,6 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 
 def _np_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from jukebox_flax.errors import VQVAEKeyError
 from jukebox_flax.tree import named_leaves
+from jukebox_flax.vqvae.api import vqvae_param_shapes
 
 __all__ = [
     "VQVAEKeyError",
@@ -78,8 +79,6 @@ def _to_torch(path: tuple[str, ...], w: np.ndarray) -> np.ndarray:
 
 
 def _expected_shapes(config: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-    from jukebox_flax.vqvae.api import vqvae_param_shapes
-
     return vqvae_param_shapes(config)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import hps, load_npz, state_dict
-from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax.prior.autoregressive import Autoregressive
 from jukebox_flax.prior.transformer import layer_location, layer_segments, split_repeats
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch
 
 # ----------------------------------------------------------------------------------------------

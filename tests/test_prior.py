@@ -12,11 +12,11 @@ from conftest import HF, hps, load_npz, state_dict
 
 from jukebox_flax.checkpoint import save_model_dir
 from jukebox_flax.config import PriorConfig
-from jukebox_flax_convert.hf_config import jukebox_config_from_hf
-from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, load_prior
 from jukebox_flax.prior.prior import JukeboxPrior
 from jukebox_flax.prior.train import make_train_step, prior_optimizer
+from jukebox_flax_convert.hf_config import jukebox_config_from_hf
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.hf_keys import split_hf_state_dict
 from jukebox_flax_convert.prior_keys import PriorKeyError, prior_params_from_state_dict, prior_state_dict_from_params
 

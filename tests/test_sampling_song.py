@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import hps, load_npz
-from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.song import LevelLabels, LevelSettings, RunDir, sample_song
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 
 TRACE = load_npz("openai/pipeline_trace")
 N_CALLS = len({k.split("/")[1] for k in TRACE if k.startswith("trace/")})

@@ -12,13 +12,13 @@ import pytest
 from conftest import HF, hps, load_npz, state_dict
 
 from jukebox_flax.config import VQVAEConfig
-from jukebox_flax_convert.hf_config import vqvae_config_from_hf
-from jukebox_flax_convert.hps import vqvae_config_from_hps
 from jukebox_flax.vqvae import bottleneck as bn
 from jukebox_flax.vqvae.api import VQVAE, VQVAEInputError, init_vqvae_params
 from jukebox_flax.vqvae.chunked import decoder_reach, encoder_reach
 from jukebox_flax.vqvae.losses import stft_magnitude, vqvae_loss
 from jukebox_flax.vqvae.vqvae import VQVAEModule
+from jukebox_flax_convert.hf_config import vqvae_config_from_hf
+from jukebox_flax_convert.hps import vqvae_config_from_hps
 from jukebox_flax_convert.vqvae_keys import (
     VQVAEKeyError,
     vqvae_params_from_state_dict,

@@ -234,11 +234,12 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
                                "(use 1b_lyrics, 5b or 5b_lyrics)")
         if hps is not None and not all(isinstance(hps.get(n, {}), Mapping) for n in COMPONENTS):
             raise ConvertError(f"{given} must hold a JSON object {{component: hps}} for a directory")
-        configs = {}
+        configs: dict[str, Any] = {}
         for name in COMPONENTS:
             where = str(source.path / f"{name}.pth.tar")
             kind = "vqvae" if name == "vqvae" else "prior"
             file_hps, user_hps = source.hps.get(name), (hps or {}).get(name)
+            user: Any
             if chosen is not None:
                 user = chosen.vqvae if kind == "vqvae" else chosen.priors[int(name[-1])]
             else:
@@ -267,7 +268,7 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
                 raise ConvertError(f"{given}: the components do not form one model: {e}") from None
         if chosen is None:
             try:
-                chosen = jukebox_config_from_hf(source.hf_config)
+                chosen = jukebox_config_from_hf(source.hf_config or {})
             except (ConfigError, KeyError, TypeError, ValueError) as e:
                 raise ConvertError(f"{source.path / 'config.json'}: cannot read the model config ({e})") from None
         configs = {"vqvae": chosen.vqvae, **{f"prior_level_{p.level}": p for p in chosen.priors}}
@@ -343,7 +344,7 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
 def _vocab_for(config: PriorConfig, ids: Any, vocab: Any) -> Optional[dict]:
     if not config.labels or (ids is None and vocab is None):
         return None
-    shape = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
+    shape: dict[str, Any] = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
                  sample_length=config.sample_length)
     if ids is not None:
         labeller = Labeller.from_ids_dir(ids, version=config.labeller_version, **shape)

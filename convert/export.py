@@ -21,7 +21,7 @@ import numpy as np
 
 from jukebox_flax.atomic import atomic_write
 from jukebox_flax.checkpoint import load_config, load_params
-from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
+from jukebox_flax.config import JukeboxConfig, VQVAEConfig
 from jukebox_flax.errors import ConvertError
 
 from .hps import hps_from_config

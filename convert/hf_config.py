@@ -60,7 +60,7 @@ def prior_config_from_hf(cfg: Mapping[str, Any], vqvae: VQVAEConfig) -> PriorCon
         raise ConfigError(f"unknown HF attention_pattern {pattern!r}")
     n_tokens = int(cfg.get("nb_relevant_lyric_tokens", 0))
     single = bool(cfg.get("is_encoder_decoder", False)) and n_tokens > 0
-    enc = cfg.get("encoder_config")
+    enc = cfg.get("encoder_config") or {}
     lyrics = "single" if single else ("separate" if enc and n_tokens > 0 else "none")
     encoder = None
     if lyrics == "separate":

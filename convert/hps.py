@@ -124,20 +124,20 @@ def prior_config_from_hps(hps: Mapping[str, Any], vqvae: Optional[VQVAEConfig] =
 
 
 def hps_from_config(config: Any, vqvae: Optional[VQVAEConfig] = None) -> dict:
-    """Original-style hyperparameters (``hparams.py`` names) that ``prior_config_from_hps`` / ``vqvae_config_from_hps`` turn
-    back into ``config``."""
+    """Original-style hyperparameters (``hparams.py`` names) that ``prior_config_from_hps`` /
+    ``vqvae_config_from_hps`` turn back into ``config``."""
     if isinstance(config, VQVAEConfig):
-        c = config
+        v = config
         return dict(
-            levels=c.levels, downs_t=list(c.downs_t), strides_t=list(c.strides_t), emb_width=c.emb_width,
-            l_bins=c.l_bins, width=c.width, depth=c.depth, hvqvae_multipliers=list(c.multipliers),
-            m_conv=c.m_conv, dilation_growth_rate=c.dilation_growth_rate, dilation_cycle=c.dilation_cycle,
-            vqvae_reverse_decoder_dilation=c.reverse_decoder_dilation, zero_out=c.zero_out,
-            res_scale=c.res_scale, l_mu=c.l_mu, commit=c.commit, revival_threshold=c.revival_threshold,
-            loss_fn=c.loss_fn, lmix_l1=c.lmix_l1, lmix_l2=c.lmix_l2, lmix_linf=c.lmix_linf, linf_k=c.linf_k,
-            spectral=c.spectral, multispectral=c.multispectral,
-            multispec_loss_n_fft=list(c.multispec_n_fft), multispec_loss_hop_length=list(c.multispec_hop_length),
-            multispec_loss_window_size=list(c.multispec_window_size), sr=c.sr,
+            levels=v.levels, downs_t=list(v.downs_t), strides_t=list(v.strides_t), emb_width=v.emb_width,
+            l_bins=v.l_bins, width=v.width, depth=v.depth, hvqvae_multipliers=list(v.multipliers),
+            m_conv=v.m_conv, dilation_growth_rate=v.dilation_growth_rate, dilation_cycle=v.dilation_cycle,
+            vqvae_reverse_decoder_dilation=v.reverse_decoder_dilation, zero_out=v.zero_out,
+            res_scale=v.res_scale, l_mu=v.l_mu, commit=v.commit, revival_threshold=v.revival_threshold,
+            loss_fn=v.loss_fn, lmix_l1=v.lmix_l1, lmix_l2=v.lmix_l2, lmix_linf=v.lmix_linf, linf_k=v.linf_k,
+            spectral=v.spectral, multispectral=v.multispectral,
+            multispec_loss_n_fft=list(v.multispec_n_fft), multispec_loss_hop_length=list(v.multispec_hop_length),
+            multispec_loss_window_size=list(v.multispec_window_size), sr=v.sr,
         )
     if not isinstance(config, PriorConfig):
         raise ConvertError(f"cannot export a {type(config).__name__}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -95,9 +95,9 @@ def _conditioner_table(c) -> list[KeyEntry]:
                 out.append(KeyEntry(key + ".weight", path + ("kernel",), "conv", shape))
                 out.append(KeyEntry(key + ".bias", path + ("bias",), "same", (shape[0],)))
         features = w if i == c.cond_down_t else cw
-        path = root + ("cond", f"model_{i}_1")
-        out.append(KeyEntry(f"{pre}cond.model.{i}.1.weight", path + ("kernel",), "conv", (cw, features, kernel)))
-        out.append(KeyEntry(f"{pre}cond.model.{i}.1.bias", path + ("bias",), "same", (features,)))
+        head = root + ("cond", f"model_{i}_1")
+        out.append(KeyEntry(f"{pre}cond.model.{i}.1.weight", head + ("kernel",), "conv", (cw, features, kernel)))
+        out.append(KeyEntry(f"{pre}cond.model.{i}.1.bias", head + ("bias",), "same", (features,)))
     out += [
         KeyEntry(pre + "ln.weight", root + ("ln", "scale"), "same", (w,)),
         KeyEntry(pre + "ln.bias", root + ("ln", "bias"), "same", (w,)),
@@ -244,7 +244,7 @@ def prior_state_dict_from_params(params: Mapping[str, Any], config) -> dict[str,
     c = config
     flat = named_leaves(params)
     structs = not all(_is_array(v) for v in flat.values())
-    make = None
+    make: Any = None
     if structs:
         make = type(next(v for v in flat.values() if not _is_array(v)))
         params = _unflatten({k: _as_view(v) for k, v in flat.items()})

@@ -23,6 +23,11 @@ from typing import Any, Optional
 import ml_dtypes
 import numpy as np
 
+try:
+    from numpy._core.multiarray import scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+
 from jukebox_flax.errors import ConvertError
 
 from .hf_keys import split_hf_state_dict
@@ -68,10 +73,6 @@ def _safe_globals() -> list:
     """What the official files may pickle besides tensors and plain containers."""
     allowed: list = [(Hyperparams, "jukebox.hparams.Hyperparams")]
     # numpy scalars / dtypes (metrics and some hps values may be numpy numbers)
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
                 np.dtype]
     allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]

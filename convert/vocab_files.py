@@ -83,7 +83,8 @@ def read_hf_vocab(path: PathLike, version: Optional[str] = None) -> dict[str, An
             raise LabelError(f"{path} is not a vocabulary (expected a JSON object)")
         if not all(k in data for k in ("artists", "genres", "lyrics")):
             raise LabelError(f"{path} is not a vocabulary (no artists/genres/lyrics entries)")
-        artists, genres, lyrics, config = data["artists"], data["genres"], data["lyrics"], {}
+        artists, genres, lyrics = data["artists"], data["genres"], data["lyrics"]
+        config: Mapping[str, Any] = {}
     else:
         folder = path.parent if path.is_file() else path
         if not (folder / "artists.json").is_file():

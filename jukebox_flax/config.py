@@ -433,8 +433,10 @@ def config_from_dict(data: Mapping[str, Any]):
 # ----------------------------------------------------------------------------------------------
 # Released presets (openai/jukebox hparams.py)
 
-_V2_LABELS = dict(labels_v3=False, genre_bins=120, artist_bins=4111, t_bins=128, max_bow_genre_size=5, n_vocab=80)
-_V3_LABELS = dict(labels_v3=True, genre_bins=604, artist_bins=7898, t_bins=64, max_bow_genre_size=1, n_vocab=79)
+_V2_LABELS: dict[str, Any] = dict(labels_v3=False, genre_bins=120, artist_bins=4111, t_bins=128, max_bow_genre_size=5,
+                                  n_vocab=80)
+_V3_LABELS: dict[str, Any] = dict(labels_v3=True, genre_bins=604, artist_bins=7898, t_bins=64, max_bow_genre_size=1,
+                                  n_vocab=79)
 
 
 def _upsampler(level: int) -> PriorConfig:

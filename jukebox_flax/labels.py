@@ -177,6 +177,7 @@ def relevant_lyric_tokens(
         return [0] * pad + full, [-1] * pad + list(range(len(full)))
     if not 0 <= offset < total_length:
         raise LabelError(f"offset {offset} is outside the song (total_length {total_length})")
+    position: Any
     if float32:
         f = np.float32
         position = f(len(full)) * (f(offset) + f(duration) / f(2.0)) / f(total_length)
@@ -206,7 +207,7 @@ def window_y(
     y = np.array(y, dtype=np.int64)  # a copy; int64 while computing, int32 out
     single = y.ndim == 1
     rows = y[None] if single else y
-    full = [full_tokens] if single else list(full_tokens)
+    full: list[Any] = [full_tokens] if single else list(full_tokens)
     if len(full) != rows.shape[0]:
         raise LabelError(f"{len(full)} full_tokens lists for {rows.shape[0]} label rows")
     rows[:, 2] = int(sample_length)
@@ -416,7 +417,8 @@ class Labeller:
         sample_length: Optional[int] = None,
     ) -> "Labeller":
         """A copy for another prior of the same label version."""
-        changes = dict(n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size, sample_length=sample_length)
+        changes: dict[str, Any] = dict(n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size,
+                                       sample_length=sample_length)
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def for_config(self, config: Any) -> "Labeller":
@@ -525,16 +527,16 @@ class Labeller:
 
     def describe_y(self, y: np.ndarray) -> dict[str, Any]:
         """Artist, genre and lyrics a label vector stands for (names sharing an id joined with '_')."""
-        y = [int(v) for v in np.asarray(y).reshape(-1)]
-        if len(y) != self.y_length:
-            raise LabelError(f"label has length {len(y)}, expected {self.y_length}")
+        values = [int(v) for v in np.asarray(y).reshape(-1)]
+        if len(values) != self.y_length:
+            raise LabelError(f"label has length {len(values)}, expected {self.y_length}")
         artists, genres = _reverse(self.artists), _reverse(self.genres)
-        genre_ids = [g for g in y[4 : 4 + self.max_bow_genre_size] if g >= 0]
+        genre_ids = [g for g in values[4 : 4 + self.max_bow_genre_size] if g >= 0]
         return dict(
-            total_length=y[0],
-            offset=y[1],
-            sample_length=y[2],
-            artist=artists.get(y[3], f"<id {y[3]}>"),
+            total_length=values[0],
+            offset=values[1],
+            sample_length=values[2],
+            artist=artists.get(values[3], f"<id {values[3]}>"),
             genre="_".join(genres.get(g, f"<id {g}>") for g in genre_ids),
-            lyrics=self.textise(y[4 + self.max_bow_genre_size :]),
+            lyrics=self.textise(values[4 + self.max_bow_genre_size :]),
         )

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import HF, OPENAI, hps
+from conftest import HF, hps
 from jukebox_flax.config import (
     PRESETS,
     ConfigError,

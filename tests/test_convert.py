@@ -196,7 +196,8 @@ def test_hps_from_config_round_trips_every_preset():
         config = preset(name)
         parts = [config] if not isinstance(config, JukeboxConfig) else [config.vqvae, *config.priors]
         for part in parts:
-            back = (vqvae_config_from_hps if isinstance(part, VQVAEConfig) else prior_config_from_hps)(hps_from_config(part))
+            from_hps = vqvae_config_from_hps if isinstance(part, VQVAEConfig) else prior_config_from_hps
+            back = from_hps(hps_from_config(part))
             assert back == part, name
 
 

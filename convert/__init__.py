@@ -8,11 +8,14 @@ The only part of the project that imports torch. Installed as ``jukebox_flax_con
 
 Modules: ``sources`` (reading files, memory-mapped), ``hf_keys`` (HF <-> original names),
 ``vqvae_keys`` / ``prior_keys`` / ``transformer_keys`` (original names <-> our params trees),
-``convert`` and ``export`` (orchestration), ``cli`` (the two subcommands).
+``hps`` / ``hf_config`` (the original hyperparameters / a HF ``config.json`` <-> our configs),
+``vocab_files`` (the released id lists and HF tokenizer files), ``convert`` and ``export``
+(orchestration), ``cli`` (the two subcommands).
 """
+
+from jukebox_flax.errors import ConvertError
 
 from .convert import convert
 from .export import export
-from .sources import ConvertError
 
 __all__ = ["convert", "export", "ConvertError"]

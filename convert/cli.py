@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from jukebox_flax.info import describe
+
 from .convert import convert
 from .export import export
 
@@ -22,8 +24,6 @@ def run_convert(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
         overwrite=args.overwrite,
     )
-    from jukebox_flax.info import describe
-
     print(describe(out))
     print(f"converted {args.src} -> {out} in {time.perf_counter() - start:.1f} s")
 

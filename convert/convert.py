@@ -26,14 +26,20 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
+import ml_dtypes
 import numpy as np
 
 from jukebox_flax import config as cfg
 from jukebox_flax.checkpoint import LazyArray, save_model_dir, save_whole_model_dir
-from jukebox_flax.config import ConfigError, JukeboxConfig, PriorConfig, VQVAEConfig
-from jukebox_flax.errors import JukeboxError
+from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig, training_only_fields
+from jukebox_flax.errors import ConfigError, ConvertError, JukeboxError
+from jukebox_flax.labels import Labeller
 
-from .sources import COMPONENTS, ConvertError, Source, open_source, release_pages
+from .hf_config import jukebox_config_from_hf
+from .hps import prior_config_from_hps, vqvae_config_from_hps
+from .prior_keys import prior_params_from_state_dict
+from .sources import COMPONENTS, Source, open_source, release_pages
+from .vqvae_keys import vqvae_params_from_state_dict
 
 __all__ = ["convert", "Mappings", "DTYPES", "StackedRows", "component_kind", "configs_for", "params_for"]
 
@@ -44,14 +50,10 @@ Mappings = Mapping[str, Callable[[Mapping[str, np.ndarray], Any], dict]]
 
 
 def _vqvae_mapping(sd, config):
-    from .vqvae_keys import vqvae_params_from_state_dict
-
     return vqvae_params_from_state_dict(sd, config)
 
 
 def _prior_mapping(sd, config):
-    from .prior_keys import prior_params_from_state_dict
-
     return prior_params_from_state_dict(sd, config, stack=StackedRows)
 
 
@@ -83,8 +85,6 @@ def np_dtype(name: str) -> np.dtype:
     if name not in DTYPES:
         raise ConvertError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     if name == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
@@ -120,13 +120,13 @@ def _read_hps(hps: Union[None, str, Path, Mapping]) -> Optional[dict]:
 def _config_from_hps(kind: str, hps: Mapping[str, Any], where: str, vqvae: Optional[VQVAEConfig] = None):
     try:
         if kind == "vqvae":
-            return VQVAEConfig.from_hps(hps)
+            return vqvae_config_from_hps(hps)
         if vqvae is None:
             try:
-                vqvae = VQVAEConfig.from_hps(hps)
+                vqvae = vqvae_config_from_hps(hps)
             except (KeyError, TypeError, ValueError):
                 vqvae = VQVAEConfig()
-        return PriorConfig.from_hps(hps, vqvae)
+        return prior_config_from_hps(hps, vqvae)
     except KeyError as e:
         raise ConvertError(f"{where}: hyperparameter {e} is missing") from None
     except (ConfigError, TypeError, ValueError) as e:
@@ -149,13 +149,9 @@ def _check_kind(component_config: Any, kind: str, where: str) -> None:
         raise ConvertError(f"{where} is a {kind} checkpoint but the given config is {got}")
 
 
-# Fields that only steer training (loss weights, EMA rate, fp16 storage), and a prior's ``bins``
-# (read from its weights): a file's hps and the user's --hps / --preset may differ in these.
-_TRAINING_ONLY = frozenset({
-    "l_mu", "commit", "revival_threshold", "loss_fn", "lmix_l1", "lmix_l2", "lmix_linf", "linf_k", "spectral",
-    "multispectral", "multispec_n_fft", "multispec_hop_length", "multispec_window_size",
-    "prime_loss_fraction", "fp16_params", "bins",
-})
+# A file's hps and the user's --hps / --preset may differ in the fields marked training-only and in
+# a prior's ``bins`` (read from its weights).
+_READ_FROM_WEIGHTS = frozenset({"bins"})
 
 
 def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -163,8 +159,9 @@ def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
     if type(a) is not type(b):
         return [f"{prefix.rstrip('.') or 'kind'} ({type(a).__name__} vs {type(b).__name__})"]
     out = []
+    ignored = training_only_fields(a) | _READ_FROM_WEIGHTS
     for f in dataclasses.fields(a):
-        if f.name in _TRAINING_ONLY:
+        if f.name in ignored:
             continue
         x, y = getattr(a, f.name), getattr(b, f.name)
         if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
@@ -237,11 +234,12 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
                                "(use 1b_lyrics, 5b or 5b_lyrics)")
         if hps is not None and not all(isinstance(hps.get(n, {}), Mapping) for n in COMPONENTS):
             raise ConvertError(f"{given} must hold a JSON object {{component: hps}} for a directory")
-        configs = {}
+        configs: dict[str, Any] = {}
         for name in COMPONENTS:
             where = str(source.path / f"{name}.pth.tar")
             kind = "vqvae" if name == "vqvae" else "prior"
             file_hps, user_hps = source.hps.get(name), (hps or {}).get(name)
+            user: Any
             if chosen is not None:
                 user = chosen.vqvae if kind == "vqvae" else chosen.priors[int(name[-1])]
             else:
@@ -270,7 +268,7 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
                 raise ConvertError(f"{given}: the components do not form one model: {e}") from None
         if chosen is None:
             try:
-                chosen = JukeboxConfig.from_hf(source.hf_config)
+                chosen = jukebox_config_from_hf(source.hf_config or {})
             except (ConfigError, KeyError, TypeError, ValueError) as e:
                 raise ConvertError(f"{source.path / 'config.json'}: cannot read the model config ({e})") from None
         configs = {"vqvae": chosen.vqvae, **{f"prior_level_{p.level}": p for p in chosen.priors}}
@@ -346,9 +344,7 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
 def _vocab_for(config: PriorConfig, ids: Any, vocab: Any) -> Optional[dict]:
     if not config.labels or (ids is None and vocab is None):
         return None
-    from jukebox_flax.labels import Labeller
-
-    shape = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
+    shape: dict[str, Any] = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
                  sample_length=config.sample_length)
     if ids is not None:
         labeller = Labeller.from_ids_dir(ids, version=config.labeller_version, **shape)

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .sources import ConvertError
+from jukebox_flax.errors import ConvertError
 
 __all__ = ["hf_to_original", "original_to_hf", "split_hf_state_dict", "hf_prefix"]
 

@@ -24,9 +24,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from jukebox_flax.config import attention_layout
+from jukebox_flax.errors import PriorKeyError
+from jukebox_flax.prior.api import abstract_prior_params
+from jukebox_flax.tree import named_leaves
 
 from .transformer_keys import autoregressive_from_torch, autoregressive_to_torch
 
@@ -37,19 +42,6 @@ __all__ = [
     "prior_params_from_state_dict",
     "prior_state_dict_from_params",
 ]
-
-try:  # the library's error base, so the CLI prints one line; convert/ must not need it otherwise
-    from jukebox_flax.errors import JukeboxError as _Base
-except ImportError:  # pragma: no cover
-    _Base = Exception
-
-
-class PriorKeyError(_Base, KeyError):
-    """A state dict that does not match the prior config (missing, unexpected or mis-shaped keys)."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
 
 # Layout changes, original -> ours. 'same': as is. 'linear': nn.Linear [out, in] -> kernel [in, out].
 # 'conv': Conv1d [out, in, k] -> [k, in, out], and ConvTranspose1d [in, out, k] -> [k, out, in]
@@ -103,9 +95,9 @@ def _conditioner_table(c) -> list[KeyEntry]:
                 out.append(KeyEntry(key + ".weight", path + ("kernel",), "conv", shape))
                 out.append(KeyEntry(key + ".bias", path + ("bias",), "same", (shape[0],)))
         features = w if i == c.cond_down_t else cw
-        path = root + ("cond", f"model_{i}_1")
-        out.append(KeyEntry(f"{pre}cond.model.{i}.1.weight", path + ("kernel",), "conv", (cw, features, kernel)))
-        out.append(KeyEntry(f"{pre}cond.model.{i}.1.bias", path + ("bias",), "same", (features,)))
+        head = root + ("cond", f"model_{i}_1")
+        out.append(KeyEntry(f"{pre}cond.model.{i}.1.weight", head + ("kernel",), "conv", (cw, features, kernel)))
+        out.append(KeyEntry(f"{pre}cond.model.{i}.1.bias", head + ("bias",), "same", (features,)))
     out += [
         KeyEntry(pre + "ln.weight", root + ("ln", "scale"), "same", (w,)),
         KeyEntry(pre + "ln.bias", root + ("ln", "bias"), "same", (w,)),
@@ -173,16 +165,6 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, prefix + (name,)))
-        else:
-            out[prefix + (name,)] = value
-    return out
-
-
 def _is_array(leaf: Any) -> bool:
     return hasattr(leaf, "__array__")
 
@@ -233,17 +215,13 @@ def prior_params_from_state_dict(sd: Mapping[str, Any], config, stack: Callable[
 
 
 def _encoder_layout(c) -> tuple[str, ...]:
-    from jukebox_flax.config import attention_layout
-
     return attention_layout(c.encoder.attn_order, c.encoder.depth)
 
 
 def _check_transformer_shapes(params: Mapping[str, Any], c) -> None:
     """Compare the transformer parts with the shapes the model expects (``jax.eval_shape``)."""
-    from jukebox_flax.prior.api import abstract_prior_params
-
-    want = _flatten(abstract_prior_params(c))
-    have = _flatten(params)
+    want = named_leaves(abstract_prior_params(c))
+    have = named_leaves(params)
     problems = [f"missing params/{'/'.join(p)}" for p in sorted(set(want) - set(have))]
     problems += [f"unexpected params/{'/'.join(p)}" for p in sorted(set(have) - set(want))]
     problems += [
@@ -264,13 +242,13 @@ def prior_state_dict_from_params(params: Mapping[str, Any], config) -> dict[str,
     if "params" in params and len(params) == 1:
         params = params["params"]
     c = config
-    flat = _flatten(params)
+    flat = named_leaves(params)
     structs = not all(_is_array(v) for v in flat.values())
-    make = None
+    make: Any = None
     if structs:
         make = type(next(v for v in flat.values() if not _is_array(v)))
         params = _unflatten({k: _as_view(v) for k, v in flat.items()})
-        flat = _flatten(params)
+        flat = named_leaves(params)
     entries = prior_key_table(c)
     wanted = {e.path for e in entries}
     roots = {"prior", "lyric_encoder"} if c.lyrics == "separate" else {"prior"}

@@ -13,25 +13,30 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import ml_dtypes
 import numpy as np
 
-from jukebox_flax.errors import JukeboxError
+try:
+    from numpy._core.multiarray import scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+
+from jukebox_flax.errors import ConvertError
+
+from .hf_keys import split_hf_state_dict
 
 __all__ = ["ConvertError", "Source", "open_source", "load_official_file", "load_hf_state_dict",
            "release_pages", "COMPONENTS"]
 
 COMPONENTS = ("vqvae", "prior_level_0", "prior_level_1", "prior_level_2")
 OFFICIAL_FILES = {name: f"{name}.pth.tar" for name in COMPONENTS}
-
-
-class ConvertError(JukeboxError, ValueError):
-    """A source checkpoint that cannot be converted (unreadable, incomplete, another model...)."""
 
 
 @dataclass
@@ -68,10 +73,6 @@ def _safe_globals() -> list:
     """What the official files may pickle besides tensors and plain containers."""
     allowed: list = [(Hyperparams, "jukebox.hparams.Hyperparams")]
     # numpy scalars / dtypes (metrics and some hps values may be numpy numbers)
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
                 np.dtype]
     allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]
@@ -79,8 +80,6 @@ def _safe_globals() -> list:
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
-    import pickle
-
     import torch
 
     mmap_ok = zipfile.is_zipfile(path)  # torch's zip format; the legacy format cannot be mapped
@@ -111,8 +110,6 @@ def tensor_to_numpy(t: Any) -> np.ndarray:
 
     t = t.detach()
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
@@ -153,8 +150,6 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 
 def _np_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
-        import ml_dtypes
-
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
@@ -236,8 +231,6 @@ def load_hf_state_dict(path: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
 
 def open_source(path: Any, trust_pickle: bool = False) -> Source:
     """Open one official file, a directory of official files, or a HF checkpoint directory."""
-    from .hf_keys import split_hf_state_dict
-
     path = Path(path)
     if not path.exists():
         raise ConvertError(f"{path} does not exist")

@@ -19,6 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from jukebox_flax.errors import VQVAEKeyError
+from jukebox_flax.tree import named_leaves
+from jukebox_flax.vqvae.api import vqvae_param_shapes
+
 __all__ = [
     "VQVAEKeyError",
     "flax_path",
@@ -26,15 +30,6 @@ __all__ = [
     "vqvae_params_from_state_dict",
     "vqvae_state_dict_from_params",
 ]
-
-try:  # the library's error base, so the CLI reports it as one line
-    from jukebox_flax.errors import JukeboxError as _Base
-except ImportError:  # pragma: no cover
-    _Base = Exception
-
-
-class VQVAEKeyError(_Base, ValueError):
-    """The state dict does not match the VQ-VAE configuration."""
 
 
 _LEAF_TO_FLAX = {"weight": "kernel", "bias": "bias", "k": "k"}
@@ -84,8 +79,6 @@ def _to_torch(path: tuple[str, ...], w: np.ndarray) -> np.ndarray:
 
 
 def _expected_shapes(config: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-    from jukebox_flax.vqvae.api import vqvae_param_shapes
-
     return vqvae_param_shapes(config)
 
 
@@ -127,15 +120,6 @@ def vqvae_params_from_state_dict(sd: Mapping[str, np.ndarray], config: Any, dtyp
 
 def vqvae_state_dict_from_params(params: Mapping, config: Any) -> dict[str, np.ndarray]:
     """The exact inverse of :func:`vqvae_params_from_state_dict`: original keys, torch layouts, numpy arrays."""
-    flat: dict[tuple[str, ...], np.ndarray] = {}
-
-    def walk(node: Mapping, prefix: tuple[str, ...]) -> None:
-        for name, value in node.items():
-            if isinstance(value, Mapping):
-                walk(value, prefix + (name,))
-            else:
-                flat[prefix + (name,)] = np.asarray(value)
-
-    walk(params, ())
+    flat = {names: np.asarray(value) for names, value in named_leaves(params).items()}
     _check({p: w.shape for p, w in flat.items()}, _expected_shapes(config), lambda p: "/".join(p))
     return {original_key(p): np.ascontiguousarray(_to_torch(p, w)) for p, w in sorted(flat.items())}

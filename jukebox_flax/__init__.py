@@ -14,23 +14,23 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "JukeboxError": ".errors",
-    "ConfigError": ".config",
+    **{name: ".errors" for name in (
+        "JukeboxError", "ConfigError", "CheckpointError", "AudioError", "DataError", "LabelError", "TrainingError",
+        "ShardingError", "SamplingError", "EmbedError", "VQVAEInputError", "PriorInputError", "PriorCallError",
+        "ConvertError", "StateDictError", "PriorKeyError", "VQVAEKeyError",
+    )},
     "VQVAEConfig": ".config",
     "PriorConfig": ".config",
     "LyricEncoderConfig": ".config",
     "JukeboxConfig": ".config",
     "preset": ".config",
     "PRESETS": ".config",
-    "CheckpointError": ".checkpoint",
     "save_model_dir": ".checkpoint",
     "load_config": ".checkpoint",
     "load_params": ".checkpoint",
     "Labeller": ".labels",
-    "LabelError": ".labels",
     "load_audio": ".audio",
     "save_wav": ".audio",
-    "AudioError": ".audio",
     "load_vqvae": ".vqvae.api",
     "VQVAE": ".vqvae.api",
     "load_prior": ".prior.api",

@@ -6,19 +6,22 @@ float32 samples in [-1, 1] of shape [T] (mono) or [T, C]. The models take [B, T,
 ``audio[None, :, None]``.
 
 ``save_wav`` writes 16-bit PCM (default) or 32-bit float WAV, clamped to [-1, 1], atomically
-(a temporary file in the same directory, then ``os.replace``), so a crash never leaves half a file.
+(``atomic.atomic_write``: a temporary file in the same directory, then renamed), so a crash never leaves
+half a file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+import soundfile as sf
+import soxr
 
-from .errors import JukeboxError
+from .atomic import atomic_write
+from .errors import AudioError
 
 __all__ = ["AudioError", "SAMPLE_RATE", "load_audio", "save_wav", "resample"]
 
@@ -28,16 +31,10 @@ SOXR_QUALITY = "HQ"  # soxr's "high quality" preset
 _SUBTYPES = {"PCM_16": "PCM_16", "FLOAT": "FLOAT", "PCM_24": "PCM_24"}
 
 
-class AudioError(JukeboxError, ValueError):
-    """An audio file that cannot be read or written (missing, empty, corrupt, not audio)."""
-
-
 def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample [T] or [T, C] float32 audio with soxr."""
     if sr_in == sr_out:
         return audio
-    import soxr
-
     return soxr.resample(audio, sr_in, sr_out, quality=SOXR_QUALITY).astype(np.float32, copy=False)
 
 
@@ -53,8 +50,6 @@ def load_audio(
     ``offset`` and ``duration`` (seconds, optional) read only part of the file, e.g. a prime.
     Raises AudioError for a missing, unreadable, non-audio or empty file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}")
@@ -88,8 +83,6 @@ def save_wav(path: PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE, subtype: 
 
     ``subtype``: "PCM_16" (default), "PCM_24" or "FLOAT" (32-bit float). Returns the path.
     """
-    import soundfile as sf
-
     if subtype not in _SUBTYPES:
         raise AudioError(f"unsupported WAV subtype {subtype!r} (choose from {', '.join(_SUBTYPES)})")
     audio = np.asarray(audio, dtype=np.float32)
@@ -102,19 +95,10 @@ def save_wav(path: PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE, subtype: 
     audio = np.clip(audio, -1.0, 1.0)
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as e:
+        with atomic_write(path) as f:
+            sf.write(f, audio, sr, subtype=subtype, format="WAV")
+    except (sf.LibsndfileError, OSError) as e:
         raise AudioError(f"cannot write {path}: {_one_line(e)}") from None
-    try:
-        sf.write(tmp, audio, sr, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (sf.LibsndfileError, OSError)):
-            raise AudioError(f"cannot write {path}: {_one_line(e)}") from None
-        raise
     return path
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import future, type_handlers
 
-from .errors import JukeboxError
-from .config import ConfigError, JukeboxConfig, config_from_dict
+from .atomic import atomic_dir
+from .config import JukeboxConfig, config_from_dict
+from .errors import CheckpointError, ConfigError
+from .tree import path_names, tree_paths
 
 __all__ = [
     "CheckpointError",
@@ -41,10 +43,6 @@ VOCAB_FILE = "vocab.json"
 PARAMS_DIR = "params"
 # Host memory the writer may hold in produced-but-unwritten arrays (see _host_checkpointer).
 WRITE_BUDGET_BYTES = 256 * 2**20
-
-
-class CheckpointError(JukeboxError, ValueError):
-    """A missing, corrupt or mismatched model directory."""
 
 
 def is_model_dir(path: PathLike) -> bool:
@@ -109,18 +107,10 @@ def save_whole_model_dir(
 
 def _atomic_write(path: PathLike, overwrite: bool, write: Callable[[Path], None]) -> Path:
     path = Path(path).absolute()
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         write(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -158,9 +148,6 @@ class LazyArray:
 def _host_checkpointer():
     """An Orbax checkpointer that writes numpy leaves without copying them and LazyArray leaves
     one at a time (Orbax's default deep-copies every host array first, doubling memory)."""
-    import orbax.checkpoint as ocp
-    from orbax.checkpoint import future, type_handlers
-
     class HostArrayHandler(type_handlers.NumpyHandler):
         def __init__(self):
             super().__init__(deepcopy_host_arrays=False)
@@ -206,8 +193,6 @@ def _host_checkpointer():
 
 def write_component(path: Path, params: Any, config: Any, vocab: Optional[dict] = None) -> None:
     """Write params, config and vocab into an existing (empty) directory ``path``."""
-    import orbax.checkpoint as ocp
-
     path = Path(path).absolute()
     leaves = jax.tree_util.tree_leaves(params)
     if leaves and all(isinstance(leaf, (np.ndarray, LazyArray)) for leaf in leaves):
@@ -244,8 +229,6 @@ def load_vocab(path: PathLike) -> Optional[dict]:
 
 def param_metadata(path: PathLike) -> Any:
     """The stored params tree of a component directory, with shape/dtype leaves (nothing is read)."""
-    import orbax.checkpoint as ocp
-
     ckpt = Path(path).absolute() / PARAMS_DIR
     if not ckpt.is_dir():
         raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
@@ -271,8 +254,6 @@ def load_params(
     module's init) is checked against the stored tree: a missing, extra or mis-shaped entry is an
     error that names it.
     """
-    import orbax.checkpoint as ocp
-
     meta = param_metadata(path)
     if expected is not None:
         check_tree(meta, expected, where=str(path))
@@ -280,8 +261,7 @@ def load_params(
     with ocp.StandardCheckpointer() as ckptr:
 
         def target(keypath, m):
-            names = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
-            shard = sharding(names, tuple(m.shape)) if sharding is not None else None
+            shard = sharding(path_names(keypath), tuple(m.shape)) if sharding is not None else None
             if shard is None:
                 shard = jax.sharding.SingleDeviceSharding(jax.devices()[0])
             return jax.ShapeDtypeStruct(tuple(m.shape), dtype or m.dtype, sharding=shard)
@@ -297,11 +277,8 @@ def check_tree(stored: Any, expected: Any, where: str = "checkpoint") -> None:
     """Raise CheckpointError naming every missing, unexpected or mis-shaped entry."""
 
     def flat(tree):
-        out = {}
-        for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
-            out[name] = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
-        return out
+        return {name: tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+                for name, leaf in tree_paths(tree).items()}
 
     have, want = flat(stored), flat(expected)
     problems = [f"missing {k}" for k in sorted(set(want) - set(have))]

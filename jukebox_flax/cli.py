@@ -1,7 +1,7 @@
 """The ``jukebox-flax`` command line (also ``python -m jukebox_flax``).
 
-Each subcommand parses its arguments here and calls one library function, imported only when that
-subcommand runs (so ``convert``'s torch import never slows the others). A user mistake
+Each subcommand parses its arguments here and calls one library function. ``convert`` and ``export``
+are imported only when they run, which keeps the converter out of the library's import graph. A user mistake
 (a ``JukeboxError`` or a missing file) prints one line on stderr and exits with status 2.
 """
 
@@ -11,11 +11,16 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from . import __version__
+from .embed import run_embed
 from .errors import JukeboxError
+from .info import describe
+from .sampling.command import run_sample
+from .vqvae.api import decode_file, encode_file
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from jukebox_flax_convert.cli import run_convert
+    from jukebox_flax_convert.cli import run_convert  # the converter stays out of the library's imports
 
     run_convert(args)
 
@@ -27,26 +32,18 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from .info import describe
-
     print(describe(args.dir))
 
 
 def _cmd_encode(args: argparse.Namespace) -> None:
-    from .vqvae.api import encode_file
-
     encode_file(args.model, args.audio, args.out)
 
 
 def _cmd_decode(args: argparse.Namespace) -> None:
-    from .vqvae.api import decode_file
-
     decode_file(args.model, args.codes, args.out)
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from .sampling.command import run_sample
-
     run_sample(args)
 
 
@@ -58,14 +55,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    from .embed import run_embed
-
     run_embed(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert PyTorch weights (official or Hugging Face) to a model directory")
@@ -139,12 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files (anything libsndfile reads)")
     p.set_defaults(func=_cmd_embed)
     return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

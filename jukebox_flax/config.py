@@ -1,9 +1,13 @@
 """Configuration of the VQ-VAE, the priors and a whole Jukebox model.
 
-Configs are frozen dataclasses. They round-trip through JSON (``to_json`` / ``from_json``), can be
-built from the original code's hyperparameter dicts (``from_hps``, names as in openai/jukebox
-``hparams.py``) or from a Hugging Face Jukebox ``config.json`` (``from_hf``), and ``preset(name)``
-returns every released configuration exactly.
+Configs are frozen dataclasses. They round-trip through JSON (``to_json`` / ``from_json``, the
+``config.json`` of a model directory) and ``preset(name)`` returns every released configuration
+exactly. The converter builds them from the original code's hyperparameter dicts and from Hugging
+Face ``config.json`` files (``jukebox_flax_convert.hps`` / ``.hf_config``).
+
+Fields that only steer training (loss weights, the codebook EMA rate, the original's fp16 storage)
+carry ``metadata={"training_only": True}`` (see ``training_only_fields``): two configs that differ
+only in those describe the same model.
 
 Levels follow the original code: level 0 is the finest (hop 8), level 2 the top (hop 128).
 """
@@ -12,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from .errors import JukeboxError
+from .errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -29,11 +32,8 @@ __all__ = [
     "preset",
     "PRESETS",
     "config_from_dict",
+    "training_only_fields",
 ]
-
-
-class ConfigError(JukeboxError, ValueError):
-    """An invalid or inconsistent configuration."""
 
 
 # The original code numbers its attention functions; this is the one place those ids appear.
@@ -71,20 +71,21 @@ _ATTN_ORDERS: dict[int, Callable[[int], int]] = {
     12: lambda d: [7, 7, 0][d % 3] if d % 16 == 15 else [1, 2, 3][d % 3],
 }
 
-# Hugging Face ``attention_pattern`` names -> original attn_order.
-_HF_PATTERNS: dict[str, int] = {
-    "full_dense_attention": 0,
-    "raw_column_previous_row_attention": 2,
-    "large_separated_enc_dec_w_lyrics": 10,
-    "enc_dec_with_lyrics": 12,
-}
-
-
 def attention_layout(attn_order: int, depth: int) -> tuple[str, ...]:
     """The attention type of every layer (names from ``ATTENTION_NAMES``) for an ``attn_order``."""
     if attn_order not in _ATTN_ORDERS:
         raise ConfigError(f"unknown attn_order {attn_order}; known: {sorted(_ATTN_ORDERS)}")
     return tuple(ATTENTION_NAMES[_ATTN_ORDERS[attn_order](d)] for d in range(depth))
+
+
+def _training_only(default: Any) -> Any:
+    """A field that steers training only: the model's params and outputs do not depend on it."""
+    return field(default=default, metadata={"training_only": True})
+
+
+def training_only_fields(config: Any) -> frozenset[str]:
+    """Names of the fields of a config (class or instance) marked ``training_only``."""
+    return frozenset(f.name for f in dataclasses.fields(config) if f.metadata.get("training_only"))
 
 
 class _JsonMixin:
@@ -155,20 +156,20 @@ class VQVAEConfig(_JsonMixin):
     zero_out: bool = False
     res_scale: bool = False
     input_channels: int = 1
-    # training
-    l_mu: float = 0.99
-    commit: float = 0.02
-    revival_threshold: float = 1.0
-    loss_fn: str = "lmix"
-    lmix_l1: float = 0.0
-    lmix_l2: float = 1.0
-    lmix_linf: float = 0.02
-    linf_k: int = 2048
-    spectral: float = 0.0
-    multispectral: float = 1.0
-    multispec_n_fft: tuple[int, ...] = (2048, 1024, 512)
-    multispec_hop_length: tuple[int, ...] = (240, 120, 50)
-    multispec_window_size: tuple[int, ...] = (1200, 600, 240)
+    # training: the codebook EMA rate and revival, the loss and its weights
+    l_mu: float = _training_only(0.99)
+    commit: float = _training_only(0.02)
+    revival_threshold: float = _training_only(1.0)
+    loss_fn: str = _training_only("lmix")
+    lmix_l1: float = _training_only(0.0)
+    lmix_l2: float = _training_only(1.0)
+    lmix_linf: float = _training_only(0.02)
+    linf_k: int = _training_only(2048)
+    spectral: float = _training_only(0.0)
+    multispectral: float = _training_only(1.0)
+    multispec_n_fft: tuple[int, ...] = _training_only((2048, 1024, 512))
+    multispec_hop_length: tuple[int, ...] = _training_only((240, 120, 50))
+    multispec_window_size: tuple[int, ...] = _training_only((1200, 600, 240))
     sr: int = 44100
 
     def __post_init__(self) -> None:
@@ -200,64 +201,6 @@ class VQVAEConfig(_JsonMixin):
 
     def level_depth(self, level: int) -> int:
         return self.depth * self.multipliers[level]
-
-    @classmethod
-    def from_hps(cls, hps: Mapping[str, Any]) -> "VQVAEConfig":
-        """From an original hyperparameter dict (``hparams.py`` names)."""
-        levels = int(hps["levels"])
-        mult = hps.get("hvqvae_multipliers") or [1] * levels
-        return cls(
-            levels=levels,
-            downs_t=tuple(hps["downs_t"]),
-            strides_t=tuple(hps["strides_t"]),
-            emb_width=int(hps["emb_width"]),
-            l_bins=int(hps["l_bins"]),
-            width=int(hps["width"]),
-            depth=int(hps["depth"]),
-            multipliers=tuple(mult),
-            m_conv=float(hps.get("m_conv", 1.0)),
-            dilation_growth_rate=int(hps.get("dilation_growth_rate", 1)),
-            dilation_cycle=hps.get("dilation_cycle"),
-            reverse_decoder_dilation=bool(hps.get("vqvae_reverse_decoder_dilation", True)),
-            zero_out=bool(hps.get("zero_out", False)),
-            res_scale=bool(hps.get("res_scale", False)),
-            l_mu=float(hps.get("l_mu", 0.99)),
-            commit=float(hps.get("commit", 0.02)),
-            revival_threshold=float(hps.get("revival_threshold", 1.0)),
-            loss_fn=hps.get("loss_fn", "lmix"),
-            lmix_l1=float(hps.get("lmix_l1", 0.0)),
-            lmix_l2=float(hps.get("lmix_l2", 0.0)),
-            lmix_linf=float(hps.get("lmix_linf", 0.0)),
-            linf_k=int(hps.get("linf_k", 2048)),
-            spectral=float(hps.get("spectral", 0.0)),
-            multispectral=float(hps.get("multispectral", 1.0)),
-            multispec_n_fft=tuple(hps.get("multispec_loss_n_fft", (2048, 1024, 512))),
-            multispec_hop_length=tuple(hps.get("multispec_loss_hop_length", (240, 120, 50))),
-            multispec_window_size=tuple(hps.get("multispec_loss_window_size", (1200, 600, 240))),
-            sr=int(hps.get("sr", 44100)),
-        )
-
-    @classmethod
-    def from_hf(cls, cfg: Mapping[str, Any]) -> "VQVAEConfig":
-        """From a Hugging Face ``JukeboxVQVAEConfig`` dict."""
-        return cls(
-            levels=int(cfg["levels"]),
-            downs_t=tuple(cfg["res_downs_t"]),
-            strides_t=tuple(cfg["res_strides_t"]),
-            emb_width=int(cfg["embed_dim"]),
-            l_bins=int(cfg["nb_discrete_codes"]),
-            width=int(cfg["res_conv_width"]),
-            depth=int(cfg["res_conv_depth"]),
-            multipliers=tuple(cfg["multipliers"]),
-            m_conv=float(cfg.get("res_convolution_multiplier", 1)),
-            dilation_growth_rate=int(cfg.get("res_dilation_growth_rate", 3)),
-            dilation_cycle=cfg.get("res_dilation_cycle"),
-            zero_out=bool(cfg.get("zero_out", False)),
-            res_scale=bool(cfg.get("conv_res_scale", False)),
-            input_channels=int(cfg.get("conv_input_shape", 1)),
-            l_mu=float(cfg.get("lmu", 0.99)),
-            commit=float(cfg.get("commit", 0.02)),
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,10 +275,10 @@ class PriorConfig(_JsonMixin):
     n_tokens: int = 0
     n_vocab: int = 80
     encoder: Optional[LyricEncoderConfig] = None
-    prime_loss_fraction: float = 0.0
+    prime_loss_fraction: float = _training_only(0.0)  # weight of the lyric encoder's loss
     # output head
     merged_decoder: bool = False  # True: untied x_out and no conditioning re-added after the transformer
-    fp16_params: bool = False
+    fp16_params: bool = _training_only(False)  # the original stored these params in fp16 while training
     alignment_layer: Optional[int] = None
     alignment_head: Optional[int] = None
 
@@ -447,150 +390,6 @@ class PriorConfig(_JsonMixin):
     def labeller_version(self) -> str:
         return "v3" if self.labels_v3 else "v2"
 
-    # -- constructors ------------------------------------------------------------------------
-    @classmethod
-    def from_hps(cls, hps: Mapping[str, Any], vqvae: Optional[VQVAEConfig] = None) -> "PriorConfig":
-        """From an original prior hyperparameter dict (names as in ``fixtures/openai/hps_index.json``).
-
-        ``vqvae`` supplies the codebook size and down-sampling (the original takes them from the
-        VQ-VAE it is built with); it defaults to the released VQ-VAE.
-        """
-        vq = vqvae or VQVAEConfig()
-        single = bool(hps.get("single_enc_dec", False))
-        use_tokens = bool(hps.get("use_tokens", False))
-        lyrics = "single" if single else ("separate" if use_tokens else "none")
-        encoder = None
-        if lyrics == "separate":
-            encoder = LyricEncoderConfig(
-                width=int(hps["prime_width"]),
-                depth=int(hps["prime_depth"]),
-                heads=int(hps["prime_heads"]),
-                attn_order=int(hps["prime_attn_order"]),
-                blocks=int(hps["prime_blocks"]),
-                init_scale=float(hps.get("prime_init_scale", 1.0)),
-                m_attn=float(hps.get("prime_m_attn", 0.25)),
-                m_mlp=float(hps.get("prime_m_mlp", 1.0)),
-                zero_out=bool(hps.get("prime_zero_out", False)),
-                res_scale=bool(hps.get("prime_res_scale", False)),
-            )
-        y_bins = hps.get("y_bins") or (0, 0)
-        return cls(
-            level=int(hps["level"]),
-            n_ctx=int(hps["n_ctx"]),
-            width=int(hps["prior_width"]),
-            depth=int(hps["prior_depth"]),
-            heads=int(hps["heads"]),
-            attn_order=int(hps["attn_order"]),
-            blocks=int(hps["blocks"]),
-            init_scale=float(hps.get("init_scale", 1.0)),
-            m_attn=float(hps.get("m_attn", 0.25)),
-            m_mlp=float(hps.get("m_mlp", 1.0)),
-            zero_out=bool(hps.get("zero_out", False)),
-            res_scale=bool(hps.get("res_scale", False)),
-            spread=hps.get("spread"),
-            bins=vq.l_bins,
-            downs_t=vq.downs_t,
-            strides_t=vq.strides_t,
-            cond_width=int(hps.get("cond_width", 128)),
-            cond_depth=int(hps.get("cond_depth", 3)),
-            cond_m_conv=float(hps.get("cond_m_conv", 1.0)),
-            cond_dilation_growth_rate=int(hps.get("cond_dilation_growth_rate", 1)),
-            cond_dilation_cycle=hps.get("cond_dilation_cycle"),
-            cond_res_scale=bool(hps.get("cond_res_scale", False)),
-            cond_zero_out=bool(hps.get("cond_zero_out", False)),
-            labels=bool(hps.get("labels", True)),
-            labels_v3=bool(hps.get("labels_v3", False)),
-            genre_bins=int(y_bins[0]),
-            artist_bins=int(y_bins[1]),
-            t_bins=int(hps.get("t_bins", 128)),
-            max_bow_genre_size=int(hps.get("max_bow_genre_size", 5)),
-            min_duration=hps.get("min_duration"),
-            max_duration=hps.get("max_duration"),
-            sr=int(hps.get("sr", vq.sr)),
-            lyrics=lyrics,
-            n_tokens=int(hps.get("n_tokens", 0)) if lyrics != "none" else 0,
-            n_vocab=int(hps.get("n_vocab", 80)),
-            encoder=encoder,
-            prime_loss_fraction=float(hps.get("prime_loss_fraction", 0.0)),
-            merged_decoder=bool(hps.get("merged_decoder", False)),
-            fp16_params=bool(hps.get("fp16_params", False)),
-            alignment_layer=hps.get("alignment_layer"),
-            alignment_head=hps.get("alignment_head"),
-        )
-
-    @classmethod
-    def from_hf(cls, cfg: Mapping[str, Any], vqvae: VQVAEConfig) -> "PriorConfig":
-        """From one Hugging Face ``JukeboxPriorConfig`` dict (an entry of ``prior_config_list``).
-
-        HF numbers priors top-first (HF level 0 = original level 2); we use the original levels.
-        """
-        n_levels = len(vqvae.downs_t)
-        level = n_levels - 1 - int(cfg["level"])
-        pattern = cfg["attention_pattern"]
-        if pattern not in _HF_PATTERNS:
-            raise ConfigError(f"unknown HF attention_pattern {pattern!r}")
-        n_tokens = int(cfg.get("nb_relevant_lyric_tokens", 0))
-        single = bool(cfg.get("is_encoder_decoder", False)) and n_tokens > 0
-        enc = cfg.get("encoder_config")
-        lyrics = "single" if single else ("separate" if enc and n_tokens > 0 else "none")
-        encoder = None
-        if lyrics == "separate":
-            encoder = LyricEncoderConfig(
-                width=int(enc["hidden_size"]),
-                depth=int(enc["num_layers"]),
-                heads=int(enc["n_heads"]),
-                attn_order=_HF_PATTERNS[enc["attention_pattern"]],
-                blocks=int(enc["blocks"]),
-                init_scale=float(enc.get("init_scale", 1.0)),
-                m_attn=float(enc.get("attention_multiplier", 0.25)),
-                m_mlp=float(enc.get("mlp_multiplier", 1.0)),
-                zero_out=bool(enc.get("zero_out", False)),
-                res_scale=bool(enc.get("attn_res_scale", False)),
-            )
-        dims = cfg.get("metadata_dims") or (0, 0)
-        upsampler = level != n_levels - 1
-        return cls(
-            level=level,
-            n_ctx=int(cfg["n_ctx"]),
-            width=int(cfg["hidden_size"]),
-            depth=int(cfg["num_layers"]),
-            heads=int(cfg["n_heads"]),
-            attn_order=_HF_PATTERNS[pattern],
-            blocks=int(cfg["blocks"]),
-            init_scale=float(cfg.get("init_scale", 1.0)),
-            m_attn=float(cfg.get("attention_multiplier", 0.25)),
-            m_mlp=float(cfg.get("mlp_multiplier", 1.0)),
-            zero_out=bool(cfg.get("zero_out", False)),
-            res_scale=bool(cfg.get("attn_res_scale", False)),
-            spread=cfg.get("spread"),
-            bins=int(cfg.get("music_vocab_size", vqvae.l_bins)),
-            downs_t=vqvae.downs_t,
-            strides_t=vqvae.strides_t,
-            cond_width=int(cfg.get("res_conv_width", 128)),
-            cond_depth=int(cfg.get("res_conv_depth", 3)),
-            cond_m_conv=float(cfg.get("res_convolution_multiplier", 1)),
-            cond_dilation_growth_rate=int(cfg.get("res_dilation_growth_rate", 1)),
-            cond_dilation_cycle=cfg.get("res_dilation_cycle"),
-            cond_res_scale=bool(cfg.get("conv_res_scale") or False),
-            labels=bool(cfg.get("metadata_conditioning", True)),
-            labels_v3=not upsampler and int(cfg.get("lyric_vocab_size", 80)) == 79,
-            genre_bins=int(dims[0]),
-            artist_bins=int(dims[1]),
-            t_bins=int(cfg.get("timing_dims", 64)),
-            max_bow_genre_size=int(cfg.get("max_nb_genres", 1)),
-            min_duration=None if upsampler else float(cfg.get("min_duration", 0.0)),
-            max_duration=None if upsampler else float(cfg.get("max_duration", 600.0)),
-            sr=int(cfg.get("sampling_rate", 44100)),
-            lyrics=lyrics,
-            n_tokens=n_tokens if lyrics != "none" else 0,
-            n_vocab=int(cfg.get("lyric_vocab_size", 80)),
-            encoder=encoder,
-            prime_loss_fraction=float(cfg.get("encoder_loss_fraction", 0.0)) if lyrics != "none" else 0.0,
-            merged_decoder=bool(cfg.get("merged_decoder", False)),
-            alignment_layer=cfg.get("alignment_layer"),
-            alignment_head=cfg.get("alignment_head"),
-        )
-
 
 # ----------------------------------------------------------------------------------------------
 # Whole model
@@ -621,21 +420,6 @@ class JukeboxConfig(_JsonMixin):
         if len(self.hop_fraction) != self.vqvae.levels:
             raise ConfigError(f"hop_fraction needs {self.vqvae.levels} entries")
 
-    @classmethod
-    def from_hf(cls, cfg: Mapping[str, Any]) -> "JukeboxConfig":
-        """From a Hugging Face ``JukeboxConfig`` dict (a ``config.json`` of model_type 'jukebox')."""
-        vq = VQVAEConfig.from_hf(cfg["vqvae_config"])
-        shared = {
-            k: cfg[k]
-            for k in ("sampling_rate", "timing_dims", "min_duration", "max_duration", "max_nb_genres",
-                      "metadata_conditioning")
-            if k in cfg
-        }
-        priors = [PriorConfig.from_hf({**p, **shared}, vq) for p in cfg["prior_config_list"]]
-        priors.sort(key=lambda p: p.level)
-        hop = cfg.get("hop_fraction") or cfg["vqvae_config"].get("hop_fraction", [0.125, 0.5, 0.5])
-        return cls(vqvae=vq, priors=tuple(priors), hop_fraction=tuple(reversed(hop)))
-
 
 def config_from_dict(data: Mapping[str, Any]):
     """Rebuild any config from its ``to_dict`` form, dispatching on its ``kind``."""
@@ -649,8 +433,10 @@ def config_from_dict(data: Mapping[str, Any]):
 # ----------------------------------------------------------------------------------------------
 # Released presets (openai/jukebox hparams.py)
 
-_V2_LABELS = dict(labels_v3=False, genre_bins=120, artist_bins=4111, t_bins=128, max_bow_genre_size=5, n_vocab=80)
-_V3_LABELS = dict(labels_v3=True, genre_bins=604, artist_bins=7898, t_bins=64, max_bow_genre_size=1, n_vocab=79)
+_V2_LABELS: dict[str, Any] = dict(labels_v3=False, genre_bins=120, artist_bins=4111, t_bins=128, max_bow_genre_size=5,
+                                  n_vocab=80)
+_V3_LABELS: dict[str, Any] = dict(labels_v3=True, genre_bins=604, artist_bins=7898, t_bins=64, max_bow_genre_size=1,
+                                  n_vocab=79)
 
 
 def _upsampler(level: int) -> PriorConfig:

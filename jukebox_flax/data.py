@@ -28,7 +28,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .audio import SAMPLE_RATE, load_audio
-from .errors import JukeboxError
+from .errors import DataError
 from .labels import V2_ALPHABET, V3_ALPHABET, Labeller, artist_key, genre_keys
 
 __all__ = ["DataError", "Song", "Batch", "read_metadata", "labeller_for_songs", "AudioDataset"]
@@ -36,10 +36,6 @@ __all__ = ["DataError", "Song", "Batch", "read_metadata", "labeller_for_songs", 
 PathLike = Union[str, os.PathLike]
 COLUMNS = ("file", "artist", "genre", "lyrics")
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
-
-
-class DataError(JukeboxError, ValueError):
-    """A missing or malformed dataset folder or metadata file."""
 
 
 @dataclass(frozen=True)

@@ -38,23 +38,19 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import JukeboxError
+from .atomic import atomic_write
+from .errors import EmbedError, JukeboxError
 
 __all__ = ["EmbedError", "EmbedResult", "Window", "plan_windows", "embed_files", "run_embed", "POOLS"]
 
 PathLike = Union[str, os.PathLike]
 POOLS = ("mean", "max")
-
-
-class EmbedError(JukeboxError, ValueError):
-    """Bad arguments to ``embed`` (layer, pool, batch, model) or no file could be embedded."""
 
 
 @dataclass(frozen=True)
@@ -352,15 +348,8 @@ def embed_files(
 def _save_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write atomically (a temporary file in the same directory, then ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:  # an open file keeps numpy from appending '.npz'
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # an open file keeps numpy from appending '.npz'
+        np.savez(f, **arrays)
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from .checkpoint import load_config, load_vocab, param_metadata
@@ -16,8 +17,6 @@ __all__ = ["describe", "param_summary"]
 
 def param_summary(path: Any) -> tuple[int, int, dict[str, int]]:
     """(number of arrays, number of parameters, {dtype: parameters}) of a component directory."""
-    import jax
-
     meta = param_metadata(path)
     meta = getattr(meta, "tree", meta)
     leaves = jax.tree_util.tree_leaves(meta, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))

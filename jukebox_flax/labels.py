@@ -34,9 +34,10 @@ name is ``"unknown"``; ``strict=False`` gives the original behaviour (silently i
      "lyrics":  ["A", "B", ..., "\\n"],   # the lyric alphabet; token = index + 1, 0 = padding
      "n_tokens": 512, "max_bow_genre_size": 5, "sample_length": 1048576}   # optional defaults
 
-``Labeller.from_vocab`` also reads the Hugging Face tokenizer files (``artists.json``,
-``genres.json``, ``lyrics.json``: one dict per file holding the v3 names and the v2 names with a
-``.v2`` suffix), or a single HF ``vocab.json`` with those three dicts.
+``Labeller.from_ids_dir`` (the released id lists) and ``Labeller.from_vocab`` on Hugging Face
+tokenizer files (``artists.json``, ``genres.json``, ``lyrics.json``: one dict per file holding the v3
+names and the v2 names with a ``.v2`` suffix, or a single HF ``vocab.json`` with those three dicts)
+use the converter's readers (``jukebox_flax_convert.vocab_files``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from unidecode import unidecode
 
-from .errors import JukeboxError
+from .errors import LabelError
 
 __all__ = [
     "LabelError",
@@ -69,7 +71,6 @@ __all__ = [
     "genre_keys",
     "relevant_lyric_tokens",
     "window_y",
-    "read_id_file",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -82,11 +83,6 @@ _DEFAULT_GENRE_SIZE = {"v2": 5, "v3": 1}
 UNKNOWN = "unknown"
 VOCAB_FORMAT = "jukebox-flax-vocab"
 VOCAB_FORMAT_VERSION = 1
-_HF_V2_SUFFIX = ".v2"
-
-
-class LabelError(JukeboxError, ValueError):
-    """Bad label input: unknown artist or genre, too many genres, bad offsets, unreadable vocab."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,8 +91,6 @@ class LabelError(JukeboxError, ValueError):
 
 def clean_lyrics(text: str, alphabet: str) -> str:
     """The original cleaning: unidecode to ASCII, '\\' -> newline, drop characters outside ``alphabet``."""
-    from unidecode import unidecode
-
     allowed = frozenset(alphabet)
     text = unidecode(text).replace("\\", "\n")
     return "".join(c for c in text if c in allowed)
@@ -183,6 +177,7 @@ def relevant_lyric_tokens(
         return [0] * pad + full, [-1] * pad + list(range(len(full)))
     if not 0 <= offset < total_length:
         raise LabelError(f"offset {offset} is outside the song (total_length {total_length})")
+    position: Any
     if float32:
         f = np.float32
         position = f(len(full)) * (f(offset) + f(duration) / f(2.0)) / f(total_length)
@@ -212,7 +207,7 @@ def window_y(
     y = np.array(y, dtype=np.int64)  # a copy; int64 while computing, int32 out
     single = y.ndim == 1
     rows = y[None] if single else y
-    full = [full_tokens] if single else list(full_tokens)
+    full: list[Any] = [full_tokens] if single else list(full_tokens)
     if len(full) != rows.shape[0]:
         raise LabelError(f"{len(full)} full_tokens lists for {rows.shape[0]} label rows")
     rows[:, 2] = int(sample_length)
@@ -243,24 +238,6 @@ class Label:
     artist: str  # as given
     genre: str  # as given
     lyrics: str  # cleaned
-
-
-def read_id_file(path: PathLike) -> dict[str, int]:
-    """A released ``{v2,v3}_{artist,genre}_ids.txt``: lines ``name;id``, names lower-cased."""
-    table: dict[str, int] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise LabelError(f"cannot read the id list {path}: {e.strerror or e}") from None
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line:
-            continue
-        name, sep, value = line.rpartition(";")
-        if not sep or not value.strip().lstrip("-").isdigit():
-            raise LabelError(f"{path}:{number}: expected 'name;id', got {line!r}")
-        table[name.lower()] = int(value)
-    return table
 
 
 def _reverse(table: Mapping[str, int]) -> dict[int, str]:
@@ -322,19 +299,14 @@ class Labeller:
         sample_length: int = 0,
         strict: bool = True,
     ) -> "Labeller":
-        """From the released id lists ``{version}_artist_ids.txt`` / ``{version}_genre_ids.txt``."""
+        """From the released id lists ``{version}_artist_ids.txt`` / ``{version}_genre_ids.txt``
+        (read by ``jukebox_flax_convert.vocab_files``)."""
+        # The one reader of release files the library keeps: imported here so the converter stays
+        # out of the library's import graph (a model directory's vocab.json needs no converter).
+        from jukebox_flax_convert.vocab_files import read_ids_dir
+
         _check_version(version)
-        ids_dir = Path(ids_dir)
-        return cls(
-            version=version,
-            artists=read_id_file(ids_dir / f"{version}_artist_ids.txt"),
-            genres=read_id_file(ids_dir / f"{version}_genre_ids.txt"),
-            alphabet=V2_ALPHABET if version == "v2" else V3_ALPHABET,
-            n_tokens=n_tokens,
-            max_bow_genre_size=_DEFAULT_GENRE_SIZE[version] if max_bow_genre_size is None else max_bow_genre_size,
-            sample_length=sample_length,
-            strict=strict,
-        )
+        return cls._from_tables(read_ids_dir(ids_dir, version), n_tokens, max_bow_genre_size, sample_length, strict)
 
     @classmethod
     def from_vocab(
@@ -348,11 +320,12 @@ class Labeller:
     ) -> "Labeller":
         """From our ``vocab.json`` (a file or a model directory) or Hugging Face tokenizer files.
 
-        HF: a directory with ``artists.json``, ``genres.json``, ``lyrics.json`` (one of those files
-        may be given), or a single JSON with ``artists``/``genres``/``lyrics`` dicts. Their tables
-        hold both versions; ``version`` picks one (default: ``version[0]`` of the directory's
-        ``tokenizer_config.json``, or the only version present). Lyrics follow the original
-        alphabets (HF's lyric regex differs, see tests/test_labels.py).
+        HF (read by ``jukebox_flax_convert.vocab_files.read_hf_vocab``): a directory with
+        ``artists.json``, ``genres.json``, ``lyrics.json`` (one of those files may be given), or a
+        single JSON with ``artists``/``genres``/``lyrics`` dicts. Their tables hold both versions;
+        ``version`` picks one (default: ``version[0]`` of the directory's ``tokenizer_config.json``,
+        or the only version present). Lyrics follow the original alphabets (HF's lyric regex
+        differs, see tests/test_labels.py).
         """
         path = Path(path)
         shape = dict(n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size, sample_length=sample_length)
@@ -360,68 +333,34 @@ class Labeller:
             path = path / "vocab.json"
         if path.is_file() and path.name not in ("artists.json", "genres.json", "lyrics.json"):
             data = _read_json(path)
-            if not isinstance(data, dict):
-                raise LabelError(f"{path} is not a vocabulary (expected a JSON object)")
-            if data.get("format") == VOCAB_FORMAT:
+            if isinstance(data, dict) and data.get("format") == VOCAB_FORMAT:
                 if version is not None and version != data.get("version"):
                     raise LabelError(f"{path} holds {data.get('version')} labels, not {version}")
                 return cls.from_vocab_dict(data, strict=strict, **shape)
-            if not all(k in data for k in ("artists", "genres", "lyrics")):
-                raise LabelError(f"{path} is not a vocabulary (no artists/genres/lyrics entries)")
-            artists, genres, lyrics, config = data["artists"], data["genres"], data["lyrics"], {}
-        else:
-            folder = path.parent if path.is_file() else path
-            if not (folder / "artists.json").is_file():
-                expected = "vocab.json or artists.json/genres.json/lyrics.json"
-                raise LabelError(f"no vocabulary at {path} (expected {expected})")
-            artists = _read_json(folder / "artists.json")
-            genres = _read_json(folder / "genres.json")
-            lyrics = _read_json(folder / "lyrics.json")
-            config_file = folder / "tokenizer_config.json"
-            config = _read_json(config_file) if config_file.is_file() else {}
-        return cls._from_hf_tables(artists, genres, lyrics, config, version, strict, shape, str(path))
+        from jukebox_flax_convert.vocab_files import read_hf_vocab  # see from_ids_dir
+
+        return cls._from_tables(read_hf_vocab(path, version), strict=strict, **shape)
 
     @classmethod
-    def _from_hf_tables(cls, artists, genres, lyrics, config, version, strict, shape, where) -> "Labeller":
-        for name, table in (("artists", artists), ("genres", genres), ("lyrics", lyrics)):
-            if not isinstance(table, dict):
-                raise LabelError(f"{where}: {name} must be a JSON object of name -> id")
-        has_v2 = any(k.endswith(_HF_V2_SUFFIX) for k in artists)
-        has_v3 = any(not k.endswith(_HF_V2_SUFFIX) for k in artists)
-        if version is None:
-            configured = config.get("version")
-            if isinstance(configured, list) and configured:
-                version = configured[0]
-            elif has_v2 != has_v3:
-                version = "v2" if has_v2 else "v3"
-            else:
-                raise LabelError(f"{where} holds v2 and v3 names: pass version='v2' or 'v3'")
-        _check_version(version)
-
-        def pick(table: Mapping[str, int]) -> dict[str, int]:
-            # HF keeps v2 names (normalised) with a '.v2' suffix beside the plain v3 names.
-            if version == "v2":
-                return {k[: -len(_HF_V2_SUFFIX)]: int(i) for k, i in table.items() if k.endswith(_HF_V2_SUFFIX)}
-            return {k: int(i) for k, i in table.items() if not k.endswith(_HF_V2_SUFFIX)}
-
-        if version == "v2":
-            # HF replaces the lyric vocabulary by the built-in v2 alphabet too.
-            alphabet = V2_ALPHABET
-        else:
-            by_id = {int(i): c for c, i in lyrics.items() if int(i) > 0}
-            if sorted(by_id) != list(range(1, len(by_id) + 1)) or any(len(c) != 1 for c in by_id.values()):
-                raise LabelError(f"{where}: lyrics must map single characters to ids 1..N")
-            alphabet = "".join(by_id[i] for i in range(1, len(by_id) + 1))
+    def _from_tables(
+        cls,
+        tables: Mapping[str, Any],
+        n_tokens: Optional[int] = None,
+        max_bow_genre_size: Optional[int] = None,
+        sample_length: Optional[int] = None,
+        strict: bool = True,
+    ) -> "Labeller":
+        """From a reader's ``{"version", "artists", "genres", "lyrics"}`` (lyrics None: the built-in alphabet)."""
+        version = _check_version(tables["version"])
+        alphabet = tables["lyrics"] or (V2_ALPHABET if version == "v2" else V3_ALPHABET)
         return cls(
             version=version,
-            artists=pick(artists),
-            genres=pick(genres),
+            artists=tables["artists"],
+            genres=tables["genres"],
             alphabet=alphabet,
-            n_tokens=shape["n_tokens"] or 0,
-            max_bow_genre_size=(
-                _DEFAULT_GENRE_SIZE[version] if shape["max_bow_genre_size"] is None else shape["max_bow_genre_size"]
-            ),
-            sample_length=shape["sample_length"] or 0,
+            n_tokens=n_tokens or 0,
+            max_bow_genre_size=_DEFAULT_GENRE_SIZE[version] if max_bow_genre_size is None else max_bow_genre_size,
+            sample_length=sample_length or 0,
             strict=strict,
         )
 
@@ -478,7 +417,8 @@ class Labeller:
         sample_length: Optional[int] = None,
     ) -> "Labeller":
         """A copy for another prior of the same label version."""
-        changes = dict(n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size, sample_length=sample_length)
+        changes: dict[str, Any] = dict(n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size,
+                                       sample_length=sample_length)
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def for_config(self, config: Any) -> "Labeller":
@@ -518,8 +458,6 @@ class Labeller:
         transliterates into the alphabet (``é`` -> ``e``, ``—`` -> ``--``) are kept and not listed;
         characters it has no transliteration for (emoji) are listed.
         """
-        from unidecode import unidecode
-
         dropped: list[str] = []
         for c in dict.fromkeys(lyrics):
             kept = self.clean(c)
@@ -589,16 +527,16 @@ class Labeller:
 
     def describe_y(self, y: np.ndarray) -> dict[str, Any]:
         """Artist, genre and lyrics a label vector stands for (names sharing an id joined with '_')."""
-        y = [int(v) for v in np.asarray(y).reshape(-1)]
-        if len(y) != self.y_length:
-            raise LabelError(f"label has length {len(y)}, expected {self.y_length}")
+        values = [int(v) for v in np.asarray(y).reshape(-1)]
+        if len(values) != self.y_length:
+            raise LabelError(f"label has length {len(values)}, expected {self.y_length}")
         artists, genres = _reverse(self.artists), _reverse(self.genres)
-        genre_ids = [g for g in y[4 : 4 + self.max_bow_genre_size] if g >= 0]
+        genre_ids = [g for g in values[4 : 4 + self.max_bow_genre_size] if g >= 0]
         return dict(
-            total_length=y[0],
-            offset=y[1],
-            sample_length=y[2],
-            artist=artists.get(y[3], f"<id {y[3]}>"),
+            total_length=values[0],
+            offset=values[1],
+            sample_length=values[2],
+            artist=artists.get(values[3], f"<id {values[3]}>"),
             genre="_".join(genres.get(g, f"<id {g}>") for g in genre_ids),
-            lyrics=self.textise(y[4 + self.max_bow_genre_size :]),
+            lyrics=self.textise(values[4 + self.max_bow_genre_size :]),
         )

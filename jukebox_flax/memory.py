@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import PriorConfig
+from .tree import named_leaves
 
 __all__ = ["MemoryPlan", "memory_plan", "max_batch", "pick_batch_chunk", "device_memory_bytes", "GB"]
 
@@ -54,8 +55,7 @@ def _param_bytes(config: PriorConfig, dtype: Any, released: bool) -> int:
     from .prior.api import abstract_prior_params
 
     total = 0
-    for keypath, leaf in jax.tree_util.tree_flatten_with_path(abstract_prior_params(config))[0]:
-        names = [str(getattr(k, "key", k)) for k in keypath]
+    for names, leaf in named_leaves(abstract_prior_params(config)).items():
         half = not released or ("transformer" in names and names[-1] == "kernel")
         total += int(np.prod(leaf.shape)) * (jnp.dtype(dtype).itemsize if half else 4)
     return total

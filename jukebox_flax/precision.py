@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .tree import path_names
+
 __all__ = ["cast_params", "with_precision"]
 
 
@@ -33,7 +35,7 @@ def cast_params(params: Any, dtype: Any, released: bool = False) -> Any:
     stay float32)."""
 
     def one(keypath, x):
-        names = tuple(str(getattr(k, "key", k)) for k in keypath)
+        names = path_names(keypath)
         if not jnp.issubdtype(x.dtype, jnp.floating) or (released and not _is_transformer_kernel(names)):
             return x
         return x.astype(dtype)

@@ -31,7 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from .errors import JukeboxError
+from .errors import ShardingError
+from .tree import path_names
 
 __all__ = [
     "ShardingError",
@@ -88,10 +89,6 @@ _PARAM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 CACHE_AXES = ("layers", "batch", "cache_len", "kv")
 
 
-class ShardingError(JukeboxError, ValueError):
-    """A mesh that does not fit the devices, or a batch the mesh cannot split."""
-
-
 # ------------------------------------------------------------------------------------------------
 # Mesh
 
@@ -114,10 +111,6 @@ def make_mesh(data: Optional[int] = None, model: int = 1, devices: Optional[Sequ
 
 # ------------------------------------------------------------------------------------------------
 # Logical axes -> PartitionSpec
-
-
-def _names(keypath: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keypath)
 
 
 def param_axes(path: Sequence[str], ndim: int) -> tuple[Optional[str], ...]:
@@ -157,7 +150,7 @@ def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional
 
     def one(keypath, leaf):
         shape = tuple(np.shape(leaf))
-        return NamedSharding(mesh, logical_spec(param_axes(_names(keypath), len(shape)), shape, mesh, rules))
+        return NamedSharding(mesh, logical_spec(param_axes(path_names(keypath), len(shape)), shape, mesh, rules))
 
     return jax.tree_util.tree_map_with_path(one, params)
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .errors import JukeboxError
+from .errors import JukeboxError, TrainingError
 
 __all__ = [
     "TrainingError",
@@ -66,10 +66,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.csv"
-
-
-class TrainingError(JukeboxError, ValueError):
-    """Inconsistent training settings (shapes, sizes, model directories)."""
 
 
 # ------------------------------------------------------------------------------------------------

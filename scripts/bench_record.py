@@ -6,7 +6,7 @@ next to the Hugging Face port (transformers 4.57.6) on the same random weights, 
 Weights: ``init_prior_params(prior_1b_lyrics, seed 0)`` (0.94 B params, fp32), exported to the
 original keys (``prior_state_dict_from_params``) and to HF keys (``original_to_hf``) and loaded into
 HF's ``JukeboxPrior`` with ``load_state_dict(strict=True)``. The HF config is its 1b_lyrics top
-prior; the script checks that it maps back (``JukeboxConfig.from_hf``) onto our preset.
+prior; the script checks that it maps back (``jukebox_flax_convert.hf_config.jukebox_config_from_hf``) onto our preset.
 
 What is timed, batch 1, greedy (top_k=1, so both sides must produce the same tokens: a check that
 they run the same model), after a primed prefix of the 384 lyric tokens + ``--music-prefix`` music
@@ -52,14 +52,15 @@ def build(seed: int = 0):
     import numpy as np
 
     from bench_sampling import _hf_config_dict, _hf_prior
-    from jukebox_flax.config import JukeboxConfig, preset
+    from jukebox_flax.config import preset
     from jukebox_flax.prior.api import Prior, init_prior_params
+    from jukebox_flax_convert.hf_config import jukebox_config_from_hf
     from jukebox_flax_convert.hf_keys import original_to_hf
     from jukebox_flax_convert.prior_keys import prior_state_dict_from_params
 
     cfg = _hf_config_dict(HF_1B_TOP, index=0, codes=2048)
     cfg.update(SHARED)
-    config = JukeboxConfig.from_hf(cfg).priors[2]
+    config = jukebox_config_from_hf(cfg).priors[2]
     want = preset("prior_1b_lyrics")
     fields = ("width", "depth", "heads", "n_ctx", "blocks", "attn_order", "n_tokens", "bins", "n_vocab",
               "merged_decoder", "lyrics", "init_scale", "artist_bins", "genre_bins", "t_bins")

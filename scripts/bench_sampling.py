@@ -187,13 +187,13 @@ def fixture_cases() -> list[Case]:
     import jax
     import numpy as np
 
-    from jukebox_flax.config import JukeboxConfig
     from jukebox_flax.prior.api import Prior
+    from jukebox_flax_convert.hf_config import jukebox_config_from_hf
     from jukebox_flax_convert.hf_keys import split_hf_state_dict
     from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
 
     cfg = _hf_config_dict()
-    config = JukeboxConfig.from_hf(cfg)
+    config = jukebox_config_from_hf(cfg)
     with np.load(TINY / "state_dict.npz") as f:
         sd = {k: f[k] for k in f.files}
     with np.load(TINY / "oracle.npz") as f:
@@ -220,14 +220,14 @@ def mid_case() -> Case:
     import jax
     import numpy as np
 
-    from jukebox_flax.config import JukeboxConfig
     from jukebox_flax.prior.api import Prior, init_prior_params
+    from jukebox_flax_convert.hf_config import jukebox_config_from_hf
     from jukebox_flax_convert.hf_keys import original_to_hf
     from jukebox_flax_convert.prior_keys import prior_state_dict_from_params
 
     index = 1  # HF numbering (top first): the middle upsampler
     cfg = _hf_config_dict(MID, index, codes=2048)
-    config = JukeboxConfig.from_hf(cfg)
+    config = jukebox_config_from_hf(cfg)
     level = config.vqvae.levels - 1 - index
     c = config.priors[level]
     params = init_prior_params(c, jax.random.key(0))

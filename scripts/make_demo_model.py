@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from jukebox_flax.checkpoint import save_whole_model_dir
-from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
+from jukebox_flax.config import JukeboxConfig, PriorConfig
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax.labels import V2_ALPHABET, V3_ALPHABET, Labeller
 from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
 from jukebox_flax_convert.vqvae_keys import vqvae_params_from_state_dict
@@ -47,11 +48,11 @@ def main() -> None:
     args = parser.parse_args()
 
     hps = json.loads((FIXTURES / "hps_index.json").read_text())
-    vq_config = VQVAEConfig.from_hps(hps["vqvae_tiny"])
+    vq_config = vqvae_config_from_hps(hps["vqvae_tiny"])
     components = {"vqvae": (vqvae_params_from_state_dict(_state_dict("vqvae_tiny"), vq_config), vq_config, None)}
     priors = []
     for level, name in PRIORS.items():
-        config = PriorConfig.from_hps(hps[name], vq_config)
+        config = prior_config_from_hps(hps[name], vq_config)
         params = prior_params_from_state_dict(_state_dict(name), config)
         components[f"prior_level_{level}"] = (params, config, _vocab(config))
         priors.append(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OPENAI = FIXTURES / "openai"
 HF = FIXTURES / "hf"
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("JUKEBOX_SHARED", ROOT.parent / "shared"))  # the shared reference folder
 IDS_DIR = SHARED / "jukebox_ids"
 
 

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from conftest import hps, load_npz, state_dict
 
-from jukebox_flax.config import PriorConfig, VQVAEConfig
+from jukebox_flax.config import PriorConfig
 from jukebox_flax.prior.conditioners import LabelConditioner, LabelError, UpperConditioner, check_labels, range_bins
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
 
 PRIORS = ["prior_up0", "prior_up1", "prior_top5b", "prior_top5b_lyrics", "prior_top1b"]
 
 
 def _config(name: str) -> PriorConfig:
-    return PriorConfig.from_hps(hps(name), VQVAEConfig.from_hps(hps("vqvae_tiny")))
+    return prior_config_from_hps(hps(name), vqvae_config_from_hps(hps("vqvae_tiny")))
 
 
 @pytest.mark.parametrize("name", PRIORS)

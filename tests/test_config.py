@@ -1,21 +1,24 @@
-"""Configs: released presets, JSON round trip, constructors from original hps and HF config.json."""
+"""Configs: released presets, JSON round trip, training-only fields; the converter's constructors from
+original hps and HF config.json."""
 
 import json
 
 import pytest
 
-from conftest import HF, OPENAI, hps
+from conftest import HF, hps
 from jukebox_flax.config import (
     PRESETS,
     ConfigError,
     JukeboxConfig,
     LyricEncoderConfig,
-    PriorConfig,
     VQVAEConfig,
     attention_layout,
     config_from_dict,
     preset,
+    training_only_fields,
 )
+from jukebox_flax_convert.hf_config import jukebox_config_from_hf
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -68,15 +71,15 @@ def test_whole_model_presets_share_vqvae_and_upsamplers():
 
 
 def test_from_hps_matches_fixture_models():
-    vq = VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    vq = vqvae_config_from_hps(hps("vqvae_tiny"))
     assert vq.hop_lengths == (8, 32, 128) and vq.emb_width == 16 and vq.l_bins == 32
-    top1b = PriorConfig.from_hps(hps("prior_top1b"), vq)
+    top1b = prior_config_from_hps(hps("prior_top1b"), vq)
     assert top1b.lyrics == "single" and top1b.total_ctx == 80 and top1b.total_bins == 32 + 79
     assert [i for i, a in enumerate(top1b.attention_layout) if a in ("prime", "dense")] == [15, 31, 47]
-    top5l = PriorConfig.from_hps(hps("prior_top5b_lyrics"), vq)
+    top5l = prior_config_from_hps(hps("prior_top5b_lyrics"), vq)
     assert top5l.lyrics == "separate" and top5l.encoder.width == 24 and top5l.encoder.blocks == 4
     assert [i for i, a in enumerate(top5l.attention_layout) if a == "cross"] == [18]
-    up1 = PriorConfig.from_hps(hps("prior_up1"), vq)
+    up1 = prior_config_from_hps(hps("prior_up1"), vq)
     assert up1.is_upsampler and up1.cond_res_scale and up1.cond_dilation_cycle == 2 and up1.bins == 32
 
 
@@ -84,11 +87,11 @@ def test_released_hps_reproduce_presets():
     """Original hparams.py values (as far as hps_index keeps them) give the presets."""
     base = dict(hps("prior_top5b"))
     base.update(n_ctx=8192, prior_width=4800, prior_depth=72, heads=8, blocks=128, fp16_params=True)
-    assert PriorConfig.from_hps(base) == preset("prior_5b")
+    assert prior_config_from_hps(base) == preset("prior_5b")
 
 
 def test_from_hf_tiny_model():
-    cfg = JukeboxConfig.from_hf(json.loads((HF / "tiny_1b_style" / "config.json").read_text()))
+    cfg = jukebox_config_from_hf(json.loads((HF / "tiny_1b_style" / "config.json").read_text()))
     top = cfg.priors[2]
     assert top.lyrics == "single" and top.n_tokens == 8 and top.n_ctx == 32 and top.labels_v3
     assert cfg.priors[0].n_ctx == 128 and cfg.priors[0].is_upsampler
@@ -122,3 +125,13 @@ def test_unknown_preset_and_kind():
 def test_attention_layout_orders():
     assert attention_layout(2, 6) == ("block", "transpose_block", "prev_block") * 2
     assert attention_layout(9, 4) == ("block", "transpose_block", "prev_block", "dense")
+
+
+def test_training_only_fields_are_marked_by_field_metadata():
+    assert training_only_fields(VQVAEConfig) == {
+        "l_mu", "commit", "revival_threshold", "loss_fn", "lmix_l1", "lmix_l2", "lmix_linf", "linf_k", "spectral",
+        "multispectral", "multispec_n_fft", "multispec_hop_length", "multispec_window_size",
+    }
+    assert training_only_fields(preset("prior_5b_lyrics")) == {"prime_loss_fraction", "fp16_params"}
+    assert training_only_fields(LyricEncoderConfig()) == frozenset()
+    assert training_only_fields(preset("5b")) == frozenset()

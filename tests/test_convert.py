@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from conftest import HF, hps, load_npz, state_dict  # noqa: E402
 from jukebox_flax.checkpoint import load_config, load_params  # noqa: E402
 from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig  # noqa: E402
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps  # noqa: E402
 from jukebox_flax_convert import ConvertError, convert, export  # noqa: E402
 from jukebox_flax_convert.export import hps_from_config  # noqa: E402
 from jukebox_flax_convert.hf_keys import original_to_hf, split_hf_state_dict  # noqa: E402
@@ -109,7 +110,7 @@ def test_vqvae_file_converts_to_the_mapped_params(vqvae_dir):
     from jukebox_flax_convert.vqvae_keys import vqvae_params_from_state_dict
 
     config = load_config(vqvae_dir)
-    assert config == VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    assert config == vqvae_config_from_hps(hps("vqvae_tiny"))
     expected = vqvae_params_from_state_dict(state_dict(load_npz("openai/vqvae_tiny")), config)
     assert_same_tree(load_params(vqvae_dir), expected)
 
@@ -146,7 +147,7 @@ def test_export_round_trip_is_bit_exact(vqvae_file, vqvae_dir, tmp_path):
     for key, tensor in original.items():
         assert back["model"][key].dtype == tensor.dtype and torch.equal(back["model"][key], tensor), key
     # the exported hps describe the same model, so the file converts back without --hps
-    assert VQVAEConfig.from_hps(back["hps"]) == load_config(vqvae_dir)
+    assert vqvae_config_from_hps(back["hps"]) == load_config(vqvae_dir)
     again = convert(out, tmp_path / "again")
     assert_same_tree(load_params(again), load_params(vqvae_dir))
 
@@ -195,7 +196,8 @@ def test_hps_from_config_round_trips_every_preset():
         config = preset(name)
         parts = [config] if not isinstance(config, JukeboxConfig) else [config.vqvae, *config.priors]
         for part in parts:
-            back = (VQVAEConfig if isinstance(part, VQVAEConfig) else PriorConfig).from_hps(hps_from_config(part))
+            from_hps = vqvae_config_from_hps if isinstance(part, VQVAEConfig) else prior_config_from_hps
+            back = from_hps(hps_from_config(part))
             assert back == part, name
 
 
@@ -346,7 +348,7 @@ def test_given_hps_that_agree_with_the_file_are_accepted_but_the_files_are_used(
     given = tmp_path / "hps.json"
     given.write_text(json.dumps({**hps("vqvae_tiny"), "l_mu": 0.5, "commit": 1.0}))
     out = convert(vqvae_file, tmp_path / "out", hps=given)
-    assert load_config(out) == VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    assert load_config(out) == vqvae_config_from_hps(hps("vqvae_tiny"))
 
 
 def test_hps_or_preset_are_used_when_the_file_has_none(tmp_path):
@@ -356,7 +358,7 @@ def test_hps_or_preset_are_used_when_the_file_has_none(tmp_path):
     given = tmp_path / "hps.json"
     given.write_text(json.dumps(hps("vqvae_tiny")))
     out = convert(tmp_path / "v.pth.tar", tmp_path / "out", hps=given)
-    assert load_config(out) == VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    assert load_config(out) == vqvae_config_from_hps(hps("vqvae_tiny"))
 
 
 def test_differing_tied_weights_are_an_error(tmp_path, mappings):
@@ -407,7 +409,7 @@ def test_hps_pickled_as_the_original_hyperparams_class_loads_safely(tmp_path, mo
     monkeypatch.delitem(sys.modules, "jukebox.hparams")
     monkeypatch.delitem(sys.modules, "jukebox")
     out = convert(tmp_path / "v.pth.tar", tmp_path / "out")
-    assert load_config(out) == VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    assert load_config(out) == vqvae_config_from_hps(hps("vqvae_tiny"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import hps, load_npz, state_dict
 
-from jukebox_flax.config import PriorConfig, VQVAEConfig
 from jukebox_flax.errors import JukeboxError
 from jukebox_flax.prior.api import Prior
 from jukebox_flax.prior.autoregressive import Autoregressive
 from jukebox_flax.prior.prior import JukeboxPrior
 from jukebox_flax.prior.transformer import ResAttnBlock, layer_location, layer_segments
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
 
 PRIORS = ["prior_up0", "prior_up1", "prior_top5b", "prior_top5b_lyrics", "prior_top1b"]
@@ -31,7 +31,7 @@ def _rel(a, b) -> float:
 
 
 def _setup(name: str):
-    c = PriorConfig.from_hps(hps(name), VQVAEConfig.from_hps(hps("vqvae_tiny")))
+    c = prior_config_from_hps(hps(name), vqvae_config_from_hps(hps("vqvae_tiny")))
     a = load_npz(f"openai/{name}")
     params = prior_params_from_state_dict(state_dict(a), c)
     tokens = jnp.asarray(a["outputs/zs/0"].astype(np.int32))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import hps, load_npz, state_dict
-from jukebox_flax.config import PriorConfig, VQVAEConfig
 from jukebox_flax.prior.autoregressive import Autoregressive
 from jukebox_flax.prior.transformer import layer_location, layer_segments, split_repeats
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def _split_chunks(length: int, size: int) -> list[int]:
 @pytest.mark.parametrize("name", PRIORS)
 def test_fixture_kv_logits(name):
     f = load_npz(f"openai/{name}")
-    cfg = PriorConfig.from_hps(hps(name), VQVAEConfig.from_hps(hps("vqvae_tiny")))
+    cfg = prior_config_from_hps(hps(name), vqvae_config_from_hps(hps("vqvae_tiny")))
     model = Autoregressive.from_prior_config(cfg)
     params = autoregressive_from_torch(state_dict(f), "prior.", model.layout, model.merged_decoder)
     params = jax.tree_util.tree_map(jnp.asarray, params)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from conftest import HF, OPENAI, load_npz
+import jukebox_flax as jf
+from conftest import HF, OPENAI, hps, load_npz
 from jukebox_flax.config import preset
 from jukebox_flax.labels import (
     V2_ALPHABET,
@@ -21,6 +23,9 @@ from jukebox_flax.labels import (
     tokenise,
     window_y,
 )
+from jukebox_flax.prior import conditioners
+from jukebox_flax.prior.api import Prior, init_prior_params
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 
 ORACLE = json.loads((OPENAI / "misc_oracle.json").read_text())
 HF_TOKENIZER = HF / "tokenizer"
@@ -335,3 +340,21 @@ def test_label_keeps_full_tokens(ids_dir):
     assert isinstance(label, Label) and label.lyrics == "Hello, world"
     assert labeller.textise(label.full_tokens) == "Hello, world"
     np.testing.assert_array_equal(label.y, labeller.get_y("Alan Jackson", "Country", "Hello, world", 1000, 0))
+
+
+def test_one_label_error_for_the_labeller_and_the_prior():
+    """``except jf.LabelError`` catches a bad artist id given to Prior.logits as well as a Labeller's."""
+    assert jf.LabelError is LabelError is conditioners.LabelError
+    config = prior_config_from_hps(hps("prior_top5b"), vqvae_config_from_hps(hps("vqvae_tiny")))
+    prior = Prior(config, init_prior_params(config, jax.random.key(0)))
+    y = np.zeros((1, config.y_length), np.int32)
+    y[0, :3] = (10 * config.sample_length, 0, config.sample_length)
+    y[0, 3] = config.artist_bins  # one past the last artist id
+    y[0, 4:] = -1
+    tokens = np.zeros((1, 4), np.int32)
+    with pytest.raises(jf.LabelError, match="artist id"):
+        prior.logits(tokens, y=y)
+    try:
+        prior.logits(tokens, y=y)
+    except jf.LabelError as e:  # the spelling users write
+        assert isinstance(e, jf.JukeboxError) and isinstance(e, ValueError)

@@ -11,10 +11,12 @@ import pytest
 from conftest import HF, hps, load_npz, state_dict
 
 from jukebox_flax.checkpoint import save_model_dir
-from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
+from jukebox_flax.config import PriorConfig
 from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, load_prior
 from jukebox_flax.prior.prior import JukeboxPrior
 from jukebox_flax.prior.train import make_train_step, prior_optimizer
+from jukebox_flax_convert.hf_config import jukebox_config_from_hf
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.hf_keys import split_hf_state_dict
 from jukebox_flax_convert.prior_keys import PriorKeyError, prior_params_from_state_dict, prior_state_dict_from_params
 
@@ -22,7 +24,7 @@ PRIORS = ["prior_up0", "prior_up1", "prior_top5b", "prior_top5b_lyrics", "prior_
 
 
 def _config(name: str) -> PriorConfig:
-    return PriorConfig.from_hps(hps(name), VQVAEConfig.from_hps(hps("vqvae_tiny")))
+    return prior_config_from_hps(hps(name), vqvae_config_from_hps(hps("vqvae_tiny")))
 
 
 def _outputs(module: JukeboxPrior, params, tokens, y, upper):
@@ -80,7 +82,7 @@ def test_prior_matches_hf(hf_index):
     """HF tiny_1b_style: priors.0 is the top (single encoder-decoder), priors.1/2 the upsamplers."""
     d = HF / "tiny_1b_style"
     hf_config = json.loads((d / "config.json").read_text())
-    config = JukeboxConfig.from_hf(hf_config)
+    config = jukebox_config_from_hf(hf_config)
     with np.load(d / "state_dict.npz") as f:
         sd = {k: f[k] for k in f.files}
     with np.load(d / "oracle.npz") as f:

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from conftest import hps, load_npz
-from jukebox_flax.config import PriorConfig, VQVAEConfig
 from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.song import LevelLabels, LevelSettings, RunDir, sample_song
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 
 TRACE = load_npz("openai/pipeline_trace")
 N_CALLS = len({k.split("/")[1] for k in TRACE if k.startswith("trace/")})
 SAMPLE_LENGTH = int(hps("pipeline_trace")["sample_length"])
 HOP_FRACTION = tuple(hps("pipeline_trace")["hop_fraction"])
-VQ = VQVAEConfig.from_hps(hps("vqvae_tiny"))
-CONFIGS = {0: PriorConfig.from_hps(hps("prior_up0"), VQ), 1: PriorConfig.from_hps(hps("prior_up1"), VQ),
-           2: PriorConfig.from_hps(hps("prior_top1b"), VQ)}
+VQ = vqvae_config_from_hps(hps("vqvae_tiny"))
+CONFIGS = {0: prior_config_from_hps(hps("prior_up0"), VQ), 1: prior_config_from_hps(hps("prior_up1"), VQ),
+           2: prior_config_from_hps(hps("prior_top1b"), VQ)}
 
 
 class ConfigOnly:

@@ -17,16 +17,17 @@ import numpy as np
 import pytest
 
 from conftest import hps, load_npz, state_dict
-from jukebox_flax.config import PriorConfig, VQVAEConfig, preset
+from jukebox_flax.config import PriorConfig, preset
 from jukebox_flax.prior.autoregressive import Autoregressive, PriorInputError
 from jukebox_flax.prior.transformer import layer_location, layer_segments
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch, autoregressive_to_torch
 
 PRIORS = ["prior_up0", "prior_up1", "prior_top5b", "prior_top5b_lyrics", "prior_top1b"]
 
 
 def _config(name: str) -> PriorConfig:
-    return PriorConfig.from_hps(hps(name), VQVAEConfig.from_hps(hps("vqvae_tiny")))
+    return prior_config_from_hps(hps(name), vqvae_config_from_hps(hps("vqvae_tiny")))
 
 
 def _inputs(f: dict, cfg: PriorConfig):

@@ -17,6 +17,8 @@ from jukebox_flax.vqvae.api import VQVAE, VQVAEInputError, init_vqvae_params
 from jukebox_flax.vqvae.chunked import decoder_reach, encoder_reach
 from jukebox_flax.vqvae.losses import stft_magnitude, vqvae_loss
 from jukebox_flax.vqvae.vqvae import VQVAEModule
+from jukebox_flax_convert.hf_config import vqvae_config_from_hf
+from jukebox_flax_convert.hps import vqvae_config_from_hps
 from jukebox_flax_convert.vqvae_keys import (
     VQVAEKeyError,
     vqvae_params_from_state_dict,
@@ -29,7 +31,7 @@ BANDWIDTH = dict(l1=0.1, l2=0.01, spec=10.0)  # what the oracle fixed
 @pytest.fixture(scope="module")
 def tiny():
     f = load_npz("openai/vqvae_tiny")
-    config = VQVAEConfig.from_hps(hps("vqvae_tiny"))
+    config = vqvae_config_from_hps(hps("vqvae_tiny"))
     params = vqvae_params_from_state_dict(state_dict(f), config)
     return f, config, params, VQVAEModule(config)
 
@@ -148,7 +150,7 @@ def test_hf_fixture_parity():
 
     root = HF / "tiny_1b_style"
     hf_cfg = json.loads((root / "vqvae_config.json").read_text())
-    config = VQVAEConfig.from_hf(hf_cfg)
+    config = vqvae_config_from_hf(hf_cfg)
     with np.load(root / "state_dict.npz") as sd_file:
         sd = {}
         for key in sd_file.files:

@@ -58,16 +58,12 @@ import numpy as np
 from jax import lax
 
 from ..config import LyricEncoderConfig, PriorConfig, attention_layout
-from ..errors import JukeboxError
+from ..errors import PriorInputError
 from .transformer import LayerSpec, Transformer
 
 __all__ = ["Autoregressive", "PriorInputError"]
 
 Array = jax.Array
-
-
-class PriorInputError(JukeboxError, ValueError):
-    """Tokens or conditioning of the wrong shape for an autoregressive prior."""
 
 
 def _torch_linear_init(key, shape, dtype=jnp.float32):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import PriorConfig
-from ..errors import JukeboxError
+from ..errors import LabelError
 from ..vqvae.encdec import DecoderConvBlock
 
 __all__ = [
@@ -35,10 +35,6 @@ __all__ = [
     "timing_ranges",
     "check_labels",
 ]
-
-
-class LabelError(JukeboxError, ValueError):
-    """A label vector y that the prior cannot embed (wrong length, ids or timing out of range)."""
 
 
 def layer_norm(name: Optional[str] = None) -> nn.LayerNorm:

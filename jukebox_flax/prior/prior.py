@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import PriorConfig
-from ..errors import JukeboxError
+from ..errors import PriorCallError
 from .autoregressive import Autoregressive
 from .conditioners import LabelConditioner, UpperConditioner, layer_norm
 from .transformer import split_repeats
@@ -48,10 +48,6 @@ from .transformer import split_repeats
 __all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits"]
 
 Array = jax.Array
-
-
-class PriorCallError(JukeboxError, ValueError):
-    """A prior called without the inputs its config needs (y, upper)."""
 
 
 def joint_tokens(config: PriorConfig, prime: Array, music: Array) -> Array:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..atomic import atomic_write
 from ..labels import window_y
 from ..memory import pick_batch_chunk
 from .errors import SamplingError
@@ -192,16 +193,6 @@ def sample_song(priors: Mapping[int, Any], zs: list[np.ndarray], levels: Sequenc
 # A resumable run directory
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temp file in the same directory, then rename: a kill leaves the old file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class RunDir:
     """A sampling run's output directory: ``run.json`` (the arguments), ``codes/level_{l}.npy``
     (saved after every window), ``level_{l}/item_{b}.wav`` (audio per level and sample)."""
@@ -224,7 +215,8 @@ class RunDir:
 
     def start(self, args: Mapping[str, Any]) -> None:
         (self.path / "codes").mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.run_file, lambda f: f.write(json.dumps(dict(args), indent=2, sort_keys=True)), "w")
+        with atomic_write(self.run_file, "w") as f:
+            f.write(json.dumps(dict(args), indent=2, sort_keys=True))
 
     def read_args(self) -> dict:
         try:
@@ -233,7 +225,8 @@ class RunDir:
             raise SamplingError(f"cannot resume: {self.run_file} is missing or unreadable ({e})") from None
 
     def save_codes(self, level: int, z: np.ndarray) -> None:
-        _atomic_write(self.code_file(level), lambda f: np.save(f, np.asarray(z, np.int32)))
+        with atomic_write(self.code_file(level)) as f:
+            np.save(f, np.asarray(z, np.int32))
 
     def load_codes(self, batch: int, levels: int) -> list[np.ndarray]:
         """Saved codes per level ([B, 0] where none were saved yet)."""

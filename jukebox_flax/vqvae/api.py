@@ -16,7 +16,8 @@ import numpy as np
 
 from ..checkpoint import component_dir, load_config, load_params
 from ..config import VQVAEConfig
-from ..errors import JukeboxError
+from ..errors import VQVAEInputError
+from ..tree import named_leaves
 from .chunked import decode_chunked, encode_chunked
 from .vqvae import VQVAEModule
 
@@ -37,10 +38,6 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_CHUNK_SAMPLES = 1 << 20
 
 
-class VQVAEInputError(JukeboxError, ValueError):
-    """Audio or codes with the wrong shape, length or level."""
-
-
 def init_vqvae_params(config: VQVAEConfig, key: jax.Array) -> dict:
     """Freshly initialised params (PyTorch's default conv init; zero codebooks, as the original)."""
     # Deliberately op by op, not jitted: one program holds ~380 inlined threefry draws (one per
@@ -56,8 +53,7 @@ def _abstract_params(config: VQVAEConfig) -> Any:
 
 def vqvae_param_shapes(config: VQVAEConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """``{path: shape}`` of every param (codebooks included), without allocating memory."""
-    flat = jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+    return {names: tuple(leaf.shape) for names, leaf in named_leaves(_abstract_params(config)).items()}
 
 
 def count_params(params: Any, include_codebooks: bool = False) -> int:

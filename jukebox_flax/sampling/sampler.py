@@ -93,11 +93,6 @@ def _window_loop(module, chunk_size: int, with_logits: bool, params, cond: dict,
     ``with_logits``, else None."""
     batch, length = tokens.shape
     keys = row_keys(key, batch, row_offset)
-    if hasattr(module, "decode_params") and batch <= SPLIT_MAX_BATCH and _copy_fits(params):
-        # layer weights split out of their scan stacks once per window instead of once per layer and
-        # token (mid-size prior, this CPU, batch 1: 8.6 -> 7.2 ms per token; from batch 4 on the
-        # stacked weights were faster, 11.6 vs 13.6 ms; scripts/bench_sampling.py)
-        params = module.decode_params(params)
     # Entries are written before they are read (position t's keys/values are stored when t is
     # decoded, and attention only looks back), but zeroing keeps a reused cache free of old windows.
     cache = jax.tree.map(jnp.zeros_like, cache)
@@ -220,7 +215,7 @@ def sample_window(prior, key: jax.Array, n: int, y=None, upper=None, prime=None,
     cond, tokens, filled, cache = _prepare(prior, y, upper, prime, batch, cache)
     if n == 0:
         return np.asarray(prime, np.int32), cache
-    params, cond, tokens, cache = _place(mesh, prior.params, cond, tokens, cache)
+    params, cond, tokens, cache = _place(mesh, prior, cond, tokens, cache)
     fn = window_function(prior.module, min(int(chunk_size), config.total_ctx))
     out, cache, _ = fn(params, cond, tokens, np.int32(filled), np.int32(filled + n), key, np.int32(row_offset),
                        np.float32(temperature), np.int32(top_k), np.float32(top_p), cache)
@@ -244,7 +239,7 @@ def score_tokens(prior, tokens, y=None, upper=None, chunk_size: int = 32, joint:
         filled = tokens.shape[1]
     else:
         cond, buf, filled, cache = _prepare(prior, y, upper, tokens, None, None)
-    params, cond, buf, cache = _place(mesh, prior.params, cond, buf, cache)
+    params, cond, buf, cache = _place(mesh, prior, cond, buf, cache)
     fn = window_function(prior.module, min(int(chunk_size), prior.config.total_ctx), True)
     _, _, logits = fn(params, cond, buf, np.int32(filled), np.int32(filled), jax.random.key(0), np.int32(0),
                       np.float32(1.0), np.int32(0), np.float32(0.0), cache)
@@ -265,7 +260,7 @@ def sample_prior(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, 
     ``row_offset``: the index of the first row in a larger batch (row keys depend on it);
     ``batch``: the number of samples when neither y, upper nor prime gives it.
     ``mesh``: a ``sharding.make_mesh`` mesh: params placed by the sharding rules (a no-op when
-    loaded with ``load_sharded_prior``), batch rows, conditioning and KV cache split over 'data'
+    loaded with ``load_prior(..., mesh=mesh)``), batch rows, conditioning and KV cache split over 'data'
     (the batch must be a multiple of it); the results equal the single-device ones.
     """
     tokens, _ = sample_window(prior, key, n, y, upper, prime, temperature=temperature, top_k=top_k,
@@ -274,13 +269,13 @@ def sample_prior(prior, key: jax.Array, n: int, y=None, upper=None, prime=None, 
     return tokens
 
 
-def _place(mesh, params, cond, tokens, cache):
+def _place(mesh, prior, cond, tokens, cache):
     """Put the window's arrays on ``mesh`` (None: leave them where they are)."""
     if mesh is None:
-        return params, cond, tokens, cache
+        return prior.params, cond, tokens, cache
     from ..sharding import shard_batch, shard_cache, shard_params
 
-    return (shard_params(params, mesh), shard_batch(cond, mesh), shard_batch(tokens, mesh),
+    return (shard_params(prior.params, mesh, prior.module.param_axes()), shard_batch(cond, mesh), shard_batch(tokens, mesh),
             shard_cache(cache, mesh))
 
 

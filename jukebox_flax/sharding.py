@@ -133,8 +133,9 @@ def logical_axes(boxed: Any, conv_subtrees: Sequence[tuple[str, ...]] = ()) -> P
             names = CONV_AXES[path[-1]]
         else:
             raise ShardingError(f"param {'/'.join(path)} has no logical axes: create it with nn.with_logical_partitioning")
-        if len(names) != len(np.shape(leaf)):
-            raise ShardingError(f"param {'/'.join(path)} of shape {np.shape(leaf)} has axes {names}")
+        shape = np.shape(leaf.value if isinstance(leaf, nn.Partitioned) else leaf)
+        if len(names) != len(shape):
+            raise ShardingError(f"param {'/'.join(path)} of shape {shape} has axes {names}")
         out[path] = names
     return out
 

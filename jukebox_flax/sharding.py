@@ -132,7 +132,8 @@ def logical_axes(boxed: Any, conv_subtrees: Sequence[tuple[str, ...]] = ()) -> P
         elif any(path[: len(sub)] == tuple(sub) for sub in conv_subtrees) and path[-1] in CONV_AXES:
             names = CONV_AXES[path[-1]]
         else:
-            raise ShardingError(f"param {'/'.join(path)} has no logical axes: create it with nn.with_logical_partitioning")
+            raise ShardingError(f"param {'/'.join(path)} has no logical axes (create it with "
+                                "nn.with_logical_partitioning)")
         shape = np.shape(leaf.value if isinstance(leaf, nn.Partitioned) else leaf)
         if len(names) != len(shape):
             raise ShardingError(f"param {'/'.join(path)} of shape {shape} has axes {names}")

@@ -514,9 +514,10 @@ class Transformer(nn.Module):
         x = x.astype(self.config.dtype)
         new = None if cache is None else {key: dict(sub) for key, sub in cache.items()}
         if not self.scan_layers:
+            # the layers of a scanned run share its stacked cache arrays (layer r of them each): read
+            # them from ``new``, where the previous repeat wrote
             for i, _, key, unit, r in _layers(self.config.segments):
-                sub = None if new is None else (new[key] if unit is None else new[key][unit])  # layers of a
-                # scanned run share its stacked cache arrays: read what the previous repeat wrote
+                sub = None if new is None else (new[key] if unit is None else new[key][unit])
                 x, sub = getattr(self, f"layer_{i}")(x, encoder_kv, sub, start, jnp.int32(r))
                 if new is not None:
                     if unit is None:

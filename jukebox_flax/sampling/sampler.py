@@ -275,8 +275,8 @@ def _place(mesh, prior, cond, tokens, cache):
         return prior.params, cond, tokens, cache
     from ..sharding import shard_batch, shard_cache, shard_params
 
-    return (shard_params(prior.params, mesh, prior.module.param_axes()), shard_batch(cond, mesh), shard_batch(tokens, mesh),
-            shard_cache(cache, mesh))
+    return (shard_params(prior.params, mesh, prior.module.param_axes()), shard_batch(cond, mesh),
+            shard_batch(tokens, mesh), shard_cache(cache, mesh))
 
 
 def _to_host(x) -> np.ndarray:

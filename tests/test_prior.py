@@ -13,7 +13,7 @@ from conftest import HF, hps, load_npz, state_dict
 from jukebox_flax.checkpoint import save_model_dir
 from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig
 from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, load_prior
-from jukebox_flax.prior.prior import JukeboxPrior, scan_layers
+from jukebox_flax.prior.prior import JukeboxPrior, stack_layers
 from jukebox_flax.prior.train import make_train_step, prior_optimizer
 from jukebox_flax_convert.hf_keys import split_hf_state_dict
 from jukebox_flax_convert.prior_keys import PriorKeyError, prior_params_from_state_dict, prior_state_dict_from_params
@@ -155,7 +155,7 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
     np.testing.assert_array_equal(flat.sample(key, 24, y=y, chunk_size=8), prior.sample(key, 24, y=y, chunk_size=8))
     np.testing.assert_allclose(np.asarray(flat.features(tokens, y=y, layers=4)[4]),
                                np.asarray(prior.features(tokens, y=y, layers=4)[4]), rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(scan_layers(flat.params, c)["prior"]["transformer"]["layers_0_5"]
+    np.testing.assert_array_equal(np.asarray(stack_layers(flat.params, c)["prior"]["transformer"]["layers_0_5"]
                                              ["unit_1"]["attn"]["c_attn"]["kernel"]),
                                   np.asarray(params["prior"]["transformer"]["layers_0_5"]["unit_1"]["attn"]["c_attn"]["kernel"]))
 

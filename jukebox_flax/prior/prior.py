@@ -53,7 +53,7 @@ from .conditioners import LabelConditioner, UpperConditioner, layer_norm
 from .transformer import TransformerConfig, init_cache, partitioned, scan_params, unroll_params
 
 __all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits",
-           "dummy_inputs", "prior_param_axes", "unroll_layers", "scan_layers"]
+           "dummy_inputs", "prior_param_axes", "unroll_layers", "stack_layers"]
 
 Array = jax.Array
 
@@ -91,7 +91,7 @@ def unroll_layers(params: dict) -> dict:
             for k, v in params.items()}
 
 
-def scan_layers(params: dict, config: PriorConfig) -> dict:
+def stack_layers(params: dict, config: PriorConfig) -> dict:
     """The inverse of ``unroll_layers``: the stored (scanned) tree."""
     layouts = {"prior": config.attention_layout}
     if config.lyrics == "separate":

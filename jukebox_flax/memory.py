@@ -4,7 +4,7 @@ Per prior (``PriorConfig``) and precision:
 
 - params: every leaf of the param tree at its stored dtype (``released`` fp16: the transformer
   kernels in float16, the rest float32, as the original ``fp16_params``);
-- KV cache per sample: ``Autoregressive.cache_bytes`` (sized per attention type: full length only
+- KV cache per sample: ``transformer.cache_bytes`` (sized per attention type: full length only
   for dense / transpose / prime layers);
 - activations per sample: the sampler's own buffers (float32 conditioning x_cond [n_ctx, W] and
   encoder_kv, the token buffer) plus the temporaries of one prefill call of ``chunk_size``
@@ -27,6 +27,8 @@ import numpy as np
 
 from .config import PriorConfig
 from .tree import named_leaves
+from .prior.prior import abstract_prior_params
+from .prior.transformer import TransformerConfig, cache_bytes
 
 __all__ = ["MemoryPlan", "memory_plan", "max_batch", "pick_batch_chunk", "device_memory_bytes", "GB"]
 
@@ -52,8 +54,6 @@ class MemoryPlan:
 
 
 def _param_bytes(config: PriorConfig, dtype: Any, released: bool) -> int:
-    from .prior.api import abstract_prior_params
-
     total = 0
     for names, leaf in named_leaves(abstract_prior_params(config)).items():
         half = not released or ("transformer" in names and names[-1] == "kernel")
@@ -65,12 +65,9 @@ def memory_plan(config: PriorConfig, dtype: Any = jnp.float32, released: bool = 
                 chunk_size: int = 32) -> MemoryPlan:
     """The plan of ``config`` with activations and KV cache in ``dtype`` (params too, unless
     ``released``: then only the transformer kernels are in ``dtype``)."""
-    from .prior.autoregressive import Autoregressive
-
-    ar = Autoregressive.from_prior_config(config, dtype, dtype)
+    spec = TransformerConfig.from_prior(config, dtype=dtype, param_dtype=dtype)
     act = jnp.dtype(dtype).itemsize
-    cache = ar.cache_bytes(1, dtype)
-    spec = ar.spec
+    cache = cache_bytes(spec, 1, dtype)
     n_ctx, w = config.total_ctx, config.width
     longest = max(spec.cache_length(t) for t in set(config.attention_layout))
     c = min(chunk_size, n_ctx)

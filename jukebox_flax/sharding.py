@@ -5,19 +5,20 @@ sampler and training step are compiled for those placements (GSPMD propagation; 
 ``AxisType.Auto`` so no sharding annotations are needed inside the model).
 
     mesh = make_mesh(data=4, model=2)                 # 8 devices: 4-way batch x 2-way tensor parallel
-    prior = load_sharded_prior(DIR, mesh)              # Orbax restores every param straight into its shard
+    prior = load_prior(DIR, mesh=mesh)                # Orbax restores every param straight into its shard
     tokens = sample_prior(prior, key, n, y=y, mesh=mesh)   # batch rows split over 'data'
 
 Mesh axes: ``data`` splits the batch (tokens, conditioning, KV caches); ``model`` splits the
 attention projections' q/k/v width and the MLP width (Megatron style: c_attn / c_fc column-split,
 c_proj row-split), the KV caches' feature width, and optionally the vocabulary.
 
-Rules work as in MaxText: every array dimension gets a *logical* name from the param's path
-(``param_axes``), and ``RULES`` maps logical names to mesh axes. A dimension is split only when the
-mesh axis divides it; everything without a rule (conditioners, LayerNorms, embeddings' width) is
-replicated. The layout of the param tree is the one of ``prior/autoregressive.py``: scanned runs
-``transformer/layers_{a}_{b}/unit_{j}/...`` carry a leading stack axis (logical ``layers``).
-The same path rules shard any tree whose leaf paths end like a param's (e.g. optimizer moments).
+Rules work as in MaxText: every param is created with *logical* axis names
+(``nn.with_logical_partitioning`` where the module creates it, e.g. ('embed', 'mlp') for c_fc;
+scanned runs add 'layers' in front), ``logical_axes`` reads them from an abstract init
+(``jax.eval_shape``) into a ``ParamAxes`` table {param path: names}, and ``RULES`` maps logical
+names to mesh axes. A dimension is split only when the mesh axis divides it. A leaf without axes is
+an error, not silently replicated. Trees that mirror the params (optimizer moments, gradients) find
+their leaves' axes by the param path their own path ends with; scalars (step counts) are replicated.
 
 Multi-host: call :func:`initialize_distributed` first thing in every process (see README "Scale").
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -38,8 +40,12 @@ __all__ = [
     "ShardingError",
     "RULES",
     "make_mesh",
-    "param_axes",
+    "ParamAxes",
+    "CONV_AXES",
+    "logical_axes",
+    "axes_of",
     "logical_spec",
+    "param_specs",
     "param_shardings",
     "shard_params",
     "checkpoint_sharding",
@@ -47,7 +53,6 @@ __all__ = [
     "shard_cache",
     "batch_sharding",
     "shard_batch",
-    "load_sharded_prior",
     "initialize_distributed",
     "to_host",
 ]
@@ -66,24 +71,18 @@ RULES: tuple[tuple[str, Optional[str]], ...] = (
     ("ctx", None),
     ("cache_len", None),
     ("layers", None),
+    ("labels", None),  # artist / genre / timing bins
+    ("conv_window", None),
+    ("conv_in", None),
+    ("conv_out", None),
 )
 
-# (path suffix, logical axes of the leaf without the stack axis); first match wins
-_PARAM_RULES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("attn", "c_attn", "kernel"), ("embed", "heads")),
-    (("attn", "c_attn", "bias"), ("heads",)),
-    (("attn", "c_enc_kv", "kernel"), ("embed", "heads")),
-    (("attn", "c_enc_kv", "bias"), ("heads",)),
-    (("attn", "c_proj", "kernel"), ("heads", "embed")),
-    (("attn", "c_proj", "bias"), ("embed",)),
-    (("mlp", "c_fc", "kernel"), ("embed", "mlp")),
-    (("mlp", "c_fc", "bias"), ("mlp",)),
-    (("mlp", "c_proj", "kernel"), ("mlp", "embed")),
-    (("mlp", "c_proj", "bias"), ("embed",)),
-    (("x_emb", "embedding"), ("vocab", "embed")),
-    (("x_out", "kernel"), ("embed", "vocab")),
-    (("pos_emb",), ("ctx", "embed")),
-)
+# The VQ-VAE's convolutions (vqvae/encdec.py; also the upsamplers' conditioner) carry no axis
+# metadata: leaf name -> logical axes (all replicated: they are small).
+CONV_AXES: dict[str, tuple[str, ...]] = {"kernel": ("conv_window", "conv_in", "conv_out"), "bias": ("conv_out",)}
+
+# {param path: logical axis name (or None) of every dimension}
+ParamAxes = dict[tuple[str, ...], tuple[Optional[str], ...]]
 
 # a KV cache leaf [R, B, S, n_state] (prior/transformer.py)
 CACHE_AXES = ("layers", "batch", "cache_len", "kv")
@@ -113,19 +112,39 @@ def make_mesh(data: Optional[int] = None, model: int = 1, devices: Optional[Sequ
 # Logical axes -> PartitionSpec
 
 
-def param_axes(path: Sequence[str], ndim: int) -> tuple[Optional[str], ...]:
-    """Logical axis names of a param leaf from its path (e.g. ``('prior', 'transformer',
-    'layers_0_14', 'unit_0', 'mlp', 'c_fc', 'kernel')`` -> ``('layers', 'embed', 'mlp')``).
-    Unknown leaves, and leaves whose rank does not fit the rule, get ``None`` everywhere (replicated)."""
+def logical_axes(boxed: Any, conv_subtrees: Sequence[tuple[str, ...]] = ()) -> ParamAxes:
+    """The ``ParamAxes`` of an init's params with their metadata (``jax.eval_shape(module.init)``,
+    leaves ``nn.LogicallyPartitioned``). Leaves under a path of ``conv_subtrees`` are VQ-VAE
+    convolutions (``CONV_AXES``); any other leaf without names is a ShardingError."""
+    out: ParamAxes = {}
+    leaves = jax.tree_util.tree_flatten_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+    for keypath, leaf in leaves:
+        path = path_names(keypath)
+        if isinstance(leaf, nn.Partitioned):
+            names = tuple(leaf.names)
+        elif any(path[: len(sub)] == tuple(sub) for sub in conv_subtrees) and path[-1] in CONV_AXES:
+            names = CONV_AXES[path[-1]]
+        else:
+            raise ShardingError(f"param {'/'.join(path)} has no logical axes (create it with "
+                                "nn.with_logical_partitioning)")
+        shape = np.shape(leaf.value if isinstance(leaf, nn.Partitioned) else leaf)
+        if len(names) != len(shape):
+            raise ShardingError(f"param {'/'.join(path)} of shape {shape} has axes {names}")
+        out[path] = names
+    return out
+
+
+def axes_of(path: Sequence[str], ndim: int, axes: ParamAxes) -> tuple[Optional[str], ...]:
+    """The logical axes of the leaf at ``path``: the param's own, or those of the param path it ends
+    with (a tree mirroring the params: optimizer moments); rank 0 (a step count): none."""
     path = tuple(path)
-    for suffix, axes in _PARAM_RULES:
-        if path[-len(suffix):] == suffix:
-            if any(p.startswith("layers_") for p in path):
-                axes = ("layers",) + axes
-            if len(axes) == ndim:
-                return axes
-            break
-    return (None,) * ndim
+    for i in range(len(path)):
+        names = axes.get(path[i:])
+        if names is not None and len(names) == ndim:
+            return names
+    if ndim == 0:
+        return ()
+    raise ShardingError(f"no logical axes for {'/'.join(path)} (rank {ndim}): not a param of this model")
 
 
 def logical_spec(axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
@@ -145,28 +164,36 @@ def logical_spec(axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh
     return PartitionSpec(*spec)
 
 
-def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
-    """A tree of ``NamedSharding`` matching ``params`` (arrays or ShapeDtypeStructs)."""
+def param_specs(params: Any, axes: ParamAxes, mesh: Any, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+    """A tree of ``PartitionSpec`` matching ``params`` (arrays or ShapeDtypeStructs); ``mesh`` only
+    needs its ``shape``."""
 
     def one(keypath, leaf):
         shape = tuple(np.shape(leaf))
-        return NamedSharding(mesh, logical_spec(param_axes(path_names(keypath), len(shape)), shape, mesh, rules))
+        return logical_spec(axes_of(path_names(keypath), len(shape), axes), shape, mesh, rules)
 
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def shard_params(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
-    """``params`` placed on ``mesh`` by the rules (a no-op for arrays already placed so)."""
-    return jax.device_put(params, param_shardings(params, mesh, rules))
+def param_shardings(params: Any, mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, Optional[str]]] = RULES
+                    ) -> Any:
+    """A tree of ``NamedSharding`` matching ``params`` (or a tree mirroring them)."""
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, axes, mesh, rules),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-def checkpoint_sharding(mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES
+def shard_params(params: Any, mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+    """``params`` placed on ``mesh`` by their axes (a no-op for arrays already placed so)."""
+    return jax.device_put(params, param_shardings(params, mesh, axes, rules))
+
+
+def checkpoint_sharding(mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, Optional[str]]] = RULES
                         ) -> Callable[[tuple[str, ...], tuple[int, ...]], NamedSharding]:
     """The ``sharding=`` callable of ``checkpoint.load_params``: Orbax then reads every param
     straight into its shards (each process reads only what its devices hold)."""
 
     def sharding(path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
-        return NamedSharding(mesh, logical_spec(param_axes(path, len(shape)), shape, mesh, rules))
+        return NamedSharding(mesh, logical_spec(axes_of(path, len(shape), axes), shape, mesh, rules))
 
     return sharding
 
@@ -209,36 +236,6 @@ def to_host(x: jax.Array) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_sharded_prior(path: Any, mesh: Mesh, level: Optional[int] = None, dtype: Any = None,
-                       rules: Sequence[tuple[str, Optional[str]]] = RULES):
-    """``prior.api.load_prior`` with every param restored by Orbax directly into its shards on
-    ``mesh`` (no full host copy); ``dtype`` casts on restore (e.g. ``jnp.bfloat16``; the module then
-    computes in that dtype too, with float32 LayerNorm, softmax and logits)."""
-    from .checkpoint import CheckpointError, component_dir, load_config, load_params, load_vocab
-    from .config import JukeboxConfig, PriorConfig
-    from .prior.api import Prior, abstract_prior_params
-    from .prior.prior import JukeboxPrior
-
-    config = load_config(path)
-    sub = path
-    if isinstance(config, JukeboxConfig):
-        level = len(config.priors) - 1 if level is None else level
-        if not 0 <= level < len(config.priors):
-            raise CheckpointError(f"{path} has prior levels 0..{len(config.priors) - 1}, not {level}")
-        sub = component_dir(path, f"prior_level_{level}")
-        config = load_config(sub)
-    if not isinstance(config, PriorConfig):
-        raise CheckpointError(f"{sub} holds a {type(config).__name__}, not a prior")
-    params = load_params(sub, dtype=dtype, sharding=checkpoint_sharding(mesh, rules),
-                         expected=abstract_prior_params(config))
-    module = JukeboxPrior(config) if dtype is None else JukeboxPrior(config, dtype=dtype, param_dtype=dtype)
-    return Prior(config=config, params=params, module=module, vocab=load_vocab(sub))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -332,6 +332,7 @@ def gradient_task(
     prepare: Callable[[Any], Any] = lambda batch: batch,
     meta: Optional[dict] = None,
     mesh: Any = None,
+    param_axes: Any = None,
 ) -> Task:
     """A task for any model trained by gradients alone.
 
@@ -339,7 +340,8 @@ def gradient_task(
     (loss, metrics)`` is differentiated; ``prepare(batch)`` turns a data batch into the jit inputs
     (arrays only). The step is jitted once. ``mesh`` (``sharding.make_mesh``): params and optimizer
     state are placed by the sharding rules and every batch is split over 'data' (data parallel,
-    plus tensor parallel over 'model'); the gradients' all-reduce is XLA's.
+    plus tensor parallel over 'model'); the gradients' all-reduce is XLA's. ``param_axes``: the
+    params' ``sharding.ParamAxes`` (needed with a mesh).
     """
     optimizer = make_optimizer(optim)
     if mesh is not None:
@@ -351,9 +353,9 @@ def gradient_task(
     def init(key: jax.Array, batch: Any) -> GradState:
         params = init_params(key, batch)
         if mesh is not None:
-            params = shard_params(params, mesh)
-            # the moments' leaf paths end like the params', so the same rules place them
-            return GradState(params, shard_params(optimizer.init(params), mesh))
+            params = shard_params(params, mesh, param_axes)
+            # the moments' leaf paths end like the params', so the same axes place them
+            return GradState(params, shard_params(optimizer.init(params), mesh, param_axes))
         return GradState(params, optimizer.init(params))
 
     @jax.jit
@@ -505,7 +507,8 @@ def prior_task(
             return init_params
         return init_prior_params(config, key)  # jitted, compiled once per config
 
-    return gradient_task(init, loss_fn, optim, prepare=prepare, mesh=mesh)
+    axes = None if mesh is None else module.param_axes()
+    return gradient_task(init, loss_fn, optim, prepare=prepare, mesh=mesh, param_axes=axes)
 
 
 # ------------------------------------------------------------------------------------------------

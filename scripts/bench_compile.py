@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jukebox_flax.config import preset
-from jukebox_flax.prior.autoregressive import Autoregressive
+from jukebox_flax.prior.autoregressive import Autoregressive, TransformerConfig
 
 PRESETS = ("upsampler_level_0", "upsampler_level_1", "prior_1b_lyrics", "prior_5b", "prior_5b_lyrics")
 
@@ -27,14 +28,14 @@ def _count(tree) -> int:
 
 def bench(name: str, batch: int, dtype, chunk: int) -> dict:
     cfg = preset(name)
-    model = Autoregressive.from_prior_config(cfg, dtype=dtype)
+    model = Autoregressive(TransformerConfig.from_prior(cfg, dtype=dtype))
     sds = jax.ShapeDtypeStruct
     w, n = cfg.width, cfg.total_ctx
     x_cond = sds((batch, n, w), jnp.float32)
     y_cond = sds((batch, 1, w), jnp.float32)
     enc = sds((batch, cfg.n_tokens, w), dtype) if cfg.lyrics == "separate" else None
     t0 = time.perf_counter()
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), sds((batch, n), jnp.int32), x_cond, y_cond, enc)
+    params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), sds((batch, n), jnp.int32), x_cond, y_cond, enc))
     cache = jax.eval_shape(lambda: model.init_cache(batch, dtype))
     t1 = time.perf_counter()
 

@@ -19,7 +19,7 @@ from jukebox_flax.errors import JukeboxError
 from jukebox_flax.prior.api import Prior
 from jukebox_flax.prior.autoregressive import Autoregressive
 from jukebox_flax.prior.prior import JukeboxPrior
-from jukebox_flax.prior.transformer import ResAttnBlock, layer_location, layer_segments
+from jukebox_flax.prior.transformer import ResAttnBlock, TransformerConfig, layer_location, layer_segments
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
 
@@ -63,10 +63,10 @@ def _layer_params(tree: dict, layout, i: int) -> dict:
 
 def test_every_layer_matches_original(every_layer):
     c, a, params, feats, logits, x_cond, encoder_kv = every_layer
-    ar = Autoregressive.from_prior_config(c)
+    ar = Autoregressive(TransformerConfig.from_prior(c))
     assert sorted(feats) == list(range(c.depth + 1))
     for n, f in feats.items():
-        assert f.shape == (a["outputs/zs/0"].shape[0], ar.n_ctx, c.width) and f.dtype == jnp.float32, n
+        assert f.shape == (a["outputs/zs/0"].shape[0], ar.config.n_ctx, c.width) and f.dtype == jnp.float32, n
 
     # the head on the last layer's features is the logits path: equal to ours, and to the original's
     head = ar.apply({"params": params["prior"]}, feats[c.depth], x_cond, method=Autoregressive.head)
@@ -77,8 +77,9 @@ def test_every_layer_matches_original(every_layer):
     runs = {}
     for i, attn_type in enumerate(c.attention_layout):
         if attn_type not in runs:
-            block = ResAttnBlock(attn_type, ar.spec)
-            runs[attn_type] = jax.jit(lambda p, x, kv, block=block: block.apply({"params": p}, x, kv))
+            block = ResAttnBlock(attn_type, ar.config)
+            runs[attn_type] = jax.jit(lambda p, x, kv, block=block: block.apply(
+                {"params": p}, x, kv, method=ResAttnBlock.attention_weights))
         p_i = _layer_params(params["prior"]["transformer"], c.attention_layout, i)
         out, w = runs[attn_type](p_i, feats[i], encoder_kv)
         np.testing.assert_allclose(np.asarray(w), a[f"outputs/attn_weights/{i}"], rtol=0, atol=1e-5,
@@ -137,7 +138,7 @@ def test_single_music_positions_and_head(top1b):
     assert sorted(feats) == [0, c.depth]
     assert feats[c.depth].shape == (tokens.shape[0], tokens.shape[1], c.width)
     x_cond = prior.condition(y)["x_cond"][:, c.n_tokens :]
-    ar = Autoregressive.from_prior_config(c)
+    ar = Autoregressive(TransformerConfig.from_prior(c))
     logits = ar.apply({"params": prior.params["prior"]}, feats[c.depth], x_cond, method=Autoregressive.head)
     assert _rel(logits, a["outputs/logits"][:, c.n_tokens :]) < 1e-4
 

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 
 from conftest import hps, load_npz, state_dict
 from jukebox_flax.prior.autoregressive import Autoregressive
-from jukebox_flax.prior.transformer import layer_location, layer_segments, split_repeats
+from jukebox_flax.prior.transformer import TransformerConfig, layer_location, layer_segments, scan_params, unroll_params
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch
 
@@ -29,17 +31,17 @@ N_CTX, BLOCKS, WIDTH, BATCH, ENC = 24, 6, 16, 2, 5  # block_ctx 4, 6 rows; prime
 
 @pytest.fixture(scope="module")
 def every_type():
-    model = Autoregressive(
-        width=WIDTH, depth=len(LAYOUT), heads=2, layout=LAYOUT, blocks=BLOCKS, n_ctx=N_CTX, bins=11,
-        prime_len=6, encoder_len=ENC, y_cond=True, x_cond=True,
-    )
+    model = Autoregressive(TransformerConfig(
+        width=WIDTH, heads=2, layout=LAYOUT, blocks=BLOCKS, n_ctx=N_CTX, bins=11, prime_len=6, encoder_len=ENC,
+        y_cond=True,
+    ))
     key = jax.random.PRNGKey(0)
     k1, k2, k3, k4 = jax.random.split(key, 4)
     tokens = jax.random.randint(k1, (BATCH, N_CTX), 0, 11)
     x_cond = jax.random.normal(k2, (BATCH, N_CTX, WIDTH))
     y_cond = jax.random.normal(k3, (BATCH, 1, WIDTH))
     enc = jax.random.normal(k4, (BATCH, ENC, WIDTH))
-    shapes = jax.eval_shape(model.init, key, tokens, x_cond, y_cond, enc)["params"]
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, key, tokens, x_cond, y_cond, enc)["params"])
     # random parameters (so zero-initialised projections and LayerNorm affines are non-trivial)
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), jnp.float32), shapes)
@@ -100,16 +102,42 @@ def test_chunked_priming_equals_forward(every_type, chunks):
 
 
 @pytest.mark.parametrize("chunks", [[1] * N_CTX, [7, 7, 7, 3]])
-def test_split_layer_weights_decode_the_same(every_type, chunks):
-    """Params with the scanned runs split per repeat (what the sampler uses at small batch) decode
-    through unrolled layers to the same logits."""
+def test_unrolled_layers_decode_the_same(every_type, chunks):
+    """scan_layers=False on the params of unroll_params (what sampling loads) decodes through
+    unrolled layers to the same logits; scan_params gives the stored tree back exactly."""
     model, params, tokens, conds, full = every_type
-    split = {**params, "transformer": split_repeats(params["transformer"])}
-    assert set(split["transformer"]["layers_0_7"]["unit_3"]) == {"repeat_0", "repeat_1"}
-    np.testing.assert_array_equal(split["transformer"]["layers_0_7"]["unit_3"]["repeat_1"]["attn"]["c_proj"]["kernel"],
+    unrolled = {**params, "transformer": unroll_params(params["transformer"])}
+    assert sorted(unrolled["transformer"]) == sorted(f"layer_{i}" for i in range(len(LAYOUT)))
+    np.testing.assert_array_equal(unrolled["transformer"]["layer_7"]["attn"]["c_proj"]["kernel"],
                                   params["transformer"]["layers_0_7"]["unit_3"]["attn"]["c_proj"]["kernel"][1])
-    got = _decode_in_chunks(model, split, tokens, conds, chunks)
+    back = scan_params(unrolled["transformer"], LAYOUT)
+    assert jax.tree.structure(back) == jax.tree.structure(params["transformer"])
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params["transformer"])))
+    flat = model.clone(scan_layers=False)
+    got = _decode_in_chunks(flat, unrolled, tokens, conds, chunks)
     np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
+
+
+def test_unrolled_layers_teacher_forcing_the_same(every_type):
+    """The full forward, the attention weights and the features of scan_layers=False equal the scanned ones."""
+    model, params, tokens, (x_cond, y_cond, enc), full = every_type
+    flat = model.clone(scan_layers=False)
+    unrolled = {**params, "transformer": unroll_params(params["transformer"])}
+    args = (tokens, x_cond, y_cond, enc)
+    np.testing.assert_allclose(np.asarray(flat.apply({"params": unrolled}, *args)), full, rtol=1e-5, atol=1e-5)
+    _, w_scan = model.apply({"params": params}, *args, method=Autoregressive.attention_weights)
+    _, w_flat = flat.apply({"params": unrolled}, *args, method=Autoregressive.attention_weights)
+    assert sorted(w_flat) == sorted(w_scan) == list(range(len(LAYOUT)))
+    for i in w_scan:
+        np.testing.assert_allclose(np.asarray(w_flat[i]), np.asarray(w_scan[i]), rtol=1e-5, atol=1e-6, err_msg=str(i))
+    layers = (0, 2, 5, 9)  # stops inside the scanned run's second repeat and past it
+    for stop_early in (True, False):
+        f_scan = model.apply({"params": params}, *args, layers=layers, stop_early=stop_early,
+                             method=Autoregressive.features)
+        f_flat = flat.apply({"params": unrolled}, *args, layers=layers, stop_early=stop_early,
+                            method=Autoregressive.features)
+        for n in layers:
+            np.testing.assert_allclose(np.asarray(f_flat[n]), np.asarray(f_scan[n]), rtol=1e-5, atol=1e-5)
 
 
 def test_traced_position_in_a_loop(every_type):
@@ -133,7 +161,7 @@ def test_traced_position_in_a_loop(every_type):
 
 def test_half_precision_cache_runs(every_type):
     model, params, tokens, conds, full = every_type
-    half = model.clone(dtype=jnp.bfloat16)
+    half = model.clone(config=dataclasses.replace(model.config, dtype=jnp.bfloat16))
     got = _decode_in_chunks(half, params, tokens, conds, [1] * N_CTX, cache_dtype=jnp.bfloat16)
     assert np.isfinite(got).all()
     assert np.abs(got - full).max() < 0.1 * np.abs(full).max()
@@ -156,8 +184,8 @@ def _split_chunks(length: int, size: int) -> list[int]:
 def test_fixture_kv_logits(name):
     f = load_npz(f"openai/{name}")
     cfg = prior_config_from_hps(hps(name), vqvae_config_from_hps(hps("vqvae_tiny")))
-    model = Autoregressive.from_prior_config(cfg)
-    params = autoregressive_from_torch(state_dict(f), "prior.", model.layout, model.merged_decoder)
+    model = Autoregressive(TransformerConfig.from_prior(cfg))
+    params = autoregressive_from_torch(state_dict(f), "prior.", model.config.layout, model.config.merged_decoder)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     x_cond, y_cond = jnp.asarray(f["outputs/x_cond"]), jnp.asarray(f["outputs/y_cond"])
     enc = jnp.asarray(f["outputs/encoder_kv"]) if cfg.lyrics == "separate" else None

@@ -13,7 +13,7 @@ from conftest import HF, hps, load_npz, state_dict
 from jukebox_flax.checkpoint import save_model_dir
 from jukebox_flax.config import PriorConfig
 from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, load_prior
-from jukebox_flax.prior.prior import JukeboxPrior
+from jukebox_flax.prior.prior import JukeboxPrior, stack_layers
 from jukebox_flax.prior.train import make_train_step, prior_optimizer
 from jukebox_flax_convert.hf_config import jukebox_config_from_hf
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
@@ -148,6 +148,18 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
     nxt, cache = step(prior.params, jnp.asarray(shifted[:, 9:18]), jnp.int32(9), cache)  # positions 9..17
     got = np.concatenate([np.asarray(first), np.asarray(nxt)], axis=1)
     np.testing.assert_allclose(got, np.asarray(logits)[:, :18], rtol=0, atol=1e-4)
+
+    # loaded for sampling with the layers unrolled: the same logits, samples and features
+    flat = load_prior(tmp_path / "p", scan_layers=False)
+    assert not flat.module.scan_layers and "layer_5" in flat.params["prior"]["transformer"]
+    np.testing.assert_allclose(np.asarray(flat.logits(tokens, y=y)), np.asarray(logits), rtol=0, atol=1e-5)
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(flat.sample(key, 24, y=y, chunk_size=8), prior.sample(key, 24, y=y, chunk_size=8))
+    np.testing.assert_allclose(np.asarray(flat.features(tokens, y=y, layers=4)[4]),
+                               np.asarray(prior.features(tokens, y=y, layers=4)[4]), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(stack_layers(flat.params, c)["prior"]["transformer"]["layers_0_5"]
+                                             ["unit_1"]["attn"]["c_attn"]["kernel"]),
+                                  np.asarray(params["prior"]["transformer"]["layers_0_5"]["unit_1"]["attn"]["c_attn"]["kernel"]))
 
 
 def test_train_step_reduces_loss():

@@ -19,8 +19,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jukebox_flax.config import preset
-from jukebox_flax.prior.api import abstract_prior_params
-from jukebox_flax.sharding import ShardingError, logical_spec, make_mesh, param_axes, param_shardings
+from jukebox_flax.prior.api import abstract_prior_params, prior_param_axes
+from jukebox_flax.sharding import ShardingError, axes_of, logical_spec, make_mesh, param_shardings, param_specs
 
 TESTS = Path(__file__).resolve().parent
 
@@ -35,10 +35,10 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     from sampling_fixtures import fixture_prior
     from jukebox_flax.checkpoint import save_model_dir
+    from jukebox_flax.prior.api import load_prior
     from jukebox_flax.prior.prior import JukeboxPrior
     from jukebox_flax.sampling.sampler import sample_prior
-    from jukebox_flax.sharding import (load_sharded_prior, make_mesh, param_shardings, shard_batch,
-                                       shard_params)
+    from jukebox_flax.sharding import make_mesh, param_shardings, shard_batch
     from jukebox_flax.training import OptimConfig, gradient_task
 
     out = {"devices": jax.device_count()}
@@ -50,8 +50,9 @@ WORKER = textwrap.dedent(
     # Orbax: every param restored straight into its NamedSharding
     with tempfile.TemporaryDirectory() as tmp:
         save_model_dir(Path(tmp) / "p", prior.params, prior.config)
-        loaded = load_sharded_prior(Path(tmp) / "p", mesh)
-    want = param_shardings(prior.params, mesh)
+        loaded = load_prior(Path(tmp) / "p", mesh=mesh)
+        unrolled = load_prior(Path(tmp) / "p", mesh=mesh, scan_layers=False)
+    want = param_shardings(prior.params, mesh, prior.module.param_axes())
     flat = jax.tree_util.tree_leaves_with_path(loaded.params)
     out["restore_sharding_ok"] = all(
         leaf.sharding.is_equivalent_to(s, leaf.ndim) for (_, leaf), s in zip(flat, jax.tree.leaves(want)))
@@ -75,6 +76,11 @@ WORKER = textwrap.dedent(
     # greedy sampling, sharded (the single-device sampler equals the fixture exactly: test_sampling_prior)
     greedy = sample_prior(loaded, jax.random.key(0), prior.config.n_ctx, y=y, top_k=1, chunk_size=16, mesh=mesh)
     out["greedy_equal_fixture"] = bool(np.array_equal(greedy, a["outputs/greedy_sample_top_k1"]))
+    # the same with the layers unrolled at load time, each layer's weights in their shards
+    kernel = unrolled.params["prior"]["transformer"]["layer_0"]["mlp"]["c_fc"]["kernel"]
+    out["unrolled_param_spec"] = str(kernel.sharding.spec)
+    greedy = sample_prior(unrolled, jax.random.key(0), prior.config.n_ctx, y=y, top_k=1, chunk_size=16, mesh=mesh)
+    out["unrolled_greedy_equal_fixture"] = bool(np.array_equal(greedy, a["outputs/greedy_sample_top_k1"]))
 
     # one training step (AdamW, clipping): single device vs sharded; the 6-layer prior_top5b keeps
     # the two gradient compilations short
@@ -87,7 +93,7 @@ WORKER = textwrap.dedent(
     optim = OptimConfig(lr=1e-2, warmup_steps=1)
     states = {}
     for name, m in (("single", None), ("sharded", mesh)):
-        task = gradient_task(lambda k, b: prior.params, loss_fn, optim, mesh=m)
+        task = gradient_task(lambda k, b: prior.params, loss_fn, optim, mesh=m, param_axes=module.param_axes())
         state = task.init(jax.random.key(0), (tokens, y))
         state, metrics = task.step(state, (tokens, y), jax.random.key(1))
         states[name] = (state, float(metrics["loss"]))
@@ -121,6 +127,8 @@ def test_sharded_logits_equal_single_device(eight_devices):
 
 def test_sharded_greedy_samples_equal(eight_devices):
     assert eight_devices["greedy_equal_fixture"]
+    assert eight_devices["unrolled_greedy_equal_fixture"]
+    assert eight_devices["unrolled_param_spec"] == str(P(None, "model"))
 
 
 def test_orbax_restores_into_shards(eight_devices):
@@ -140,25 +148,55 @@ def test_sharded_training_step(eight_devices):
 # The rules (one device is enough)
 
 
-def test_param_axes_from_paths():
-    stacked = ("prior", "transformer", "layers_0_14", "unit_0")
-    assert param_axes(stacked + ("attn", "c_attn", "kernel"), 3) == ("layers", "embed", "heads")
-    assert param_axes(stacked + ("mlp", "c_proj", "kernel"), 3) == ("layers", "mlp", "embed")
-    assert param_axes(("prior", "transformer", "layer_15", "attn", "c_proj", "bias"), 1) == ("embed",)
-    assert param_axes(("prior", "x_emb", "embedding"), 2) == ("vocab", "embed")
-    assert param_axes(("label_conditioner", "artist_emb", "embedding"), 2) == (None, None)
+def test_param_axes_from_metadata():
+    """The axes come from the params' own metadata; a tree mirroring the params (optimizer moments)
+    finds them by path; a leaf that is no param is an error, not silently replicated."""
+    axes = prior_param_axes(preset("prior_5b_lyrics"))
+    stacked = ("prior", "transformer", "layers_18_77", "unit_0")
+    assert axes[stacked + ("attn", "c_attn", "kernel")] == ("layers", "embed", "heads")
+    assert axes[stacked + ("attn", "c_enc_kv", "kernel")] == ("layers", "embed", "heads")
+    assert axes[stacked + ("mlp", "c_proj", "kernel")] == ("layers", "mlp", "embed")
+    assert axes[("prior", "transformer", "layer_78", "attn", "c_proj", "bias")] == ("embed",)
+    assert axes[("prior", "x_emb", "embedding")] == ("vocab", "embed")
+    assert axes[("label_conditioner", "artist_emb", "embedding")] == ("labels", "embed")
+    moment = ("0", "mu") + stacked + ("mlp", "c_fc", "kernel")
+    assert axes_of(moment, 3, axes) == ("layers", "embed", "mlp")
+    assert axes_of(("0", "count"), 0, axes) == ()
+    with pytest.raises(ShardingError):
+        axes_of(("prior", "transformer", "nonsense", "kernel"), 2, axes)
+    up = prior_param_axes(preset("upsampler_level_0"))  # the conditioner's VQ-VAE convolutions: a table
+    assert up[("upper_conditioner", "cond", "model_0", "kernel")] == ("conv_window", "conv_in", "conv_out")
+
+
+class FakeMesh:  # logical_spec only reads mesh.shape
+    shape = {"data": 4, "model": 8}
+
+
+@pytest.mark.parametrize("name", ["prior_1b_lyrics", "prior_5b", "prior_5b_lyrics", "upsampler_level_0",
+                                  "upsampler_level_1"])
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_every_transformer_kernel_splits_over_model(name, scan_layers):
+    """Abstract shapes only: every transformer kernel (music model and lyric encoder) of a released
+    preset is split over 'model' on an 8-way model axis."""
+    config = preset(name)
+    tree = abstract_prior_params(config, scan_layers=scan_layers)
+    specs = param_specs(tree, prior_param_axes(config, scan_layers), FakeMesh)
+    flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
+    kernels = [(jax.tree_util.keystr(k), spec) for k, spec in flat if "transformer" in jax.tree_util.keystr(k)
+               and jax.tree_util.keystr(k).endswith("['kernel']")]
+    assert len(kernels) >= (4 * config.depth if not scan_layers else 4)
+    replicated = [k for k, spec in kernels if "model" not in tuple(spec)]
+    assert not replicated, replicated[:5]
 
 
 def test_every_released_param_gets_a_spec():
     """Released 5b_lyrics on a 1 x 1 mesh: every leaf gets a spec; on a would-be 4 x 8 mesh the
     rules split the right dimensions (checked with logical_spec on a fake mesh shape)."""
     mesh = make_mesh(data=1, model=1)
-    tree = abstract_prior_params(preset("prior_5b_lyrics"))
-    shardings = param_shardings(tree, mesh)
+    config = preset("prior_5b_lyrics")
+    tree = abstract_prior_params(config)
+    shardings = param_shardings(tree, mesh, prior_param_axes(config))
     assert len(jax.tree.leaves(shardings)) == len(jax.tree.leaves(tree))
-
-    class FakeMesh:  # logical_spec only reads mesh.shape
-        shape = {"data": 4, "model": 8}
 
     c_attn = (6, 4800, 3600)
     assert logical_spec(("layers", "embed", "heads"), c_attn, FakeMesh) == P(None, None, "model")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from conftest import hps, load_npz, state_dict
 from jukebox_flax.config import PriorConfig, preset
 from jukebox_flax.prior.autoregressive import Autoregressive, PriorInputError
-from jukebox_flax.prior.transformer import layer_location, layer_segments
+from jukebox_flax.prior.transformer import TransformerConfig, layer_location, layer_segments
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.transformer_keys import autoregressive_from_torch, autoregressive_to_torch
 
@@ -49,19 +50,19 @@ def _inputs(f: dict, cfg: PriorConfig):
 def test_forward_matches_original(name):
     f = load_npz(f"openai/{name}")
     cfg = _config(name)
-    model = Autoregressive.from_prior_config(cfg)
+    model = Autoregressive(TransformerConfig.from_prior(cfg))
     sd = state_dict(f)
-    params = autoregressive_from_torch(sd, "prior.", model.layout, model.merged_decoder)
+    params = autoregressive_from_torch(sd, "prior.", model.config.layout, model.config.merged_decoder)
 
     # the mapping is exact both ways (including the tied x_out of non-merged models)
-    back = autoregressive_to_torch(params, "prior.", model.layout)
+    back = autoregressive_to_torch(params, "prior.", model.config.layout)
     original = {k: v for k, v in sd.items() if k.startswith("prior.")}
     assert set(back) == set(original)
     for k, v in original.items():
         np.testing.assert_array_equal(back[k], v, err_msg=k)
 
     tokens, x_cond, y_cond, enc = _inputs(f, cfg)
-    run = jax.jit(lambda p, *a: model.apply({"params": p}, *a, return_attn=True))
+    run = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=Autoregressive.attention_weights))
     logits, weights = run(params, tokens, x_cond, y_cond, enc)
     ref = f["outputs/logits"]
     assert logits.shape == ref.shape
@@ -78,10 +79,10 @@ def test_lyric_encoder_matches_original():
     """prime_prior (only_encode) -> prime_state_proj -> prime_state_ln == the fixture's encoder_kv."""
     f = load_npz("openai/prior_top5b_lyrics")
     cfg = _config("prior_top5b_lyrics")
-    enc = Autoregressive.lyric_encoder(cfg.encoder, cfg.n_tokens, cfg.n_vocab)
+    enc = Autoregressive(TransformerConfig.from_prior(cfg, lyric_encoder=True))
     sd = state_dict(f)
-    params = autoregressive_from_torch(sd, "prime_prior.", enc.layout, merged_decoder=False)
-    back = autoregressive_to_torch(params, "prime_prior.", enc.layout, only_encode=True)
+    params = autoregressive_from_torch(sd, "prime_prior.", enc.config.layout, merged_decoder=False)
+    back = autoregressive_to_torch(params, "prime_prior.", enc.config.layout, only_encode=True)
     assert set(back) == {k for k in sd if k.startswith("prime_prior.")}
     acts = np.asarray(jax.jit(lambda p, t: enc.apply({"params": p}, t))(params, f["outputs/prime"]), np.float64)
     assert acts.shape == (2, cfg.n_tokens, cfg.encoder.width)
@@ -108,7 +109,7 @@ TRANSFORMER_PARAMS = {
 @pytest.mark.parametrize("name", sorted(TRANSFORMER_PARAMS))
 def test_released_parameter_counts(name):
     cfg = preset(name)
-    model = Autoregressive.from_prior_config(cfg)
+    model = Autoregressive(TransformerConfig.from_prior(cfg))
     sds = jax.ShapeDtypeStruct
     n, w = cfg.total_ctx, cfg.width
     enc = sds((1, cfg.n_tokens, w), jnp.float32) if cfg.lyrics == "separate" else None
@@ -116,12 +117,13 @@ def test_released_parameter_counts(name):
         model.init, jax.random.PRNGKey(0), sds((1, n), jnp.int32), sds((1, n, w), jnp.float32),
         sds((1, 1, w), jnp.float32), enc,
     )["params"]
+    params = nn.meta.unbox(params)
     assert _count(params["transformer"]) == TRANSFORMER_PARAMS[name]
     assert params["pos_emb"].shape == (n, w)
     assert params["x_emb"]["embedding"].shape == (cfg.total_bins, w)
     assert ("x_out" in params) == cfg.merged_decoder
     if cfg.encoder is not None:
-        lyric = Autoregressive.lyric_encoder(cfg.encoder, cfg.n_tokens, cfg.n_vocab)
+        lyric = Autoregressive(TransformerConfig.from_prior(cfg, lyric_encoder=True))
         p = jax.eval_shape(lyric.init, jax.random.PRNGKey(0), sds((1, cfg.n_tokens), jnp.int32))["params"]
         assert _count(p) == 89_411_200  # incl. x_emb, pos_emb and start_token
 
@@ -148,7 +150,7 @@ def test_released_layer_grouping():
 
 
 def test_bad_inputs_raise():
-    model = Autoregressive(width=8, depth=1, heads=1, layout=("dense",), blocks=None, n_ctx=4, bins=3, y_cond=True)
+    model = Autoregressive(TransformerConfig(width=8, heads=1, layout=("dense",), n_ctx=4, bins=3, y_cond=True))
     tokens = jnp.zeros((2, 4), jnp.int32)
     with pytest.raises(PriorInputError):
         model.init(jax.random.PRNGKey(0), tokens, None, jnp.zeros((2, 2, 8)))

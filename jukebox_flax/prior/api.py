@@ -1,6 +1,8 @@
 """The public prior API: ``load_prior(DIR)`` -> ``Prior`` (config, params, module) with jitted methods.
 
     prior = jf.load_prior(DIR)                      # a prior directory, or a whole model (+ level=)
+    prior = jf.load_prior(DIR, mesh=mesh)           # params restored straight into their shards
+    prior = jf.load_prior(DIR, scan_layers=False)   # layers unrolled once, for sampling
     logits = prior.logits(tokens, y=y, upper=upper) # float32 [B, T, bins] (joint for 1b_lyrics style)
     acts = prior.features(tokens, y=y, layers=36)   # {36: float32 [B, T, width]}: after layer 36 (1-based)
     tokens = prior.sample(key, n, y=y, upper=upper)
@@ -19,41 +21,25 @@ from functools import partial
 from typing import Any, Optional, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..checkpoint import CheckpointError, component_dir, load_config, load_params, load_vocab
 from ..config import JukeboxConfig, PriorConfig
 from ..sampling.sampler import sample_prior
+from ..sharding import checkpoint_sharding, param_shardings
 from .conditioners import check_labels
-from .prior import JukeboxPrior, PriorCallError
+from .prior import (
+    JukeboxPrior,
+    PriorCallError,
+    abstract_prior_params,
+    init_prior_params,
+    prior_param_axes,
+    unroll_layers,
+)
 
-__all__ = ["Prior", "load_prior", "init_prior_params", "abstract_prior_params", "PriorCallError"]
+__all__ = ["Prior", "load_prior", "init_prior_params", "abstract_prior_params", "prior_param_axes", "PriorCallError"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def _dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[jax.Array, Optional[jax.Array], Optional[jax.Array]]:
-    tokens = jnp.zeros((batch, config.n_ctx), jnp.int32)
-    y = jnp.zeros((batch, config.y_length), jnp.int32) if config.labels else None
-    upper = jnp.zeros((batch, config.n_ctx // config.cond_downsample), jnp.int32) if config.is_upsampler else None
-    return tokens, y, upper
-
-
-@partial(jax.jit, static_argnames=("config", "param_dtype"))
-def init_prior_params(config: PriorConfig, key: jax.Array, param_dtype: Any = jnp.float32) -> dict:
-    """Freshly initialised params of a prior (the original's inits where they matter).
-
-    One compiled program per (config, dtype): op by op, the init's forward pass (scanned layers
-    included) dispatches and compiles every small op on its own, which is slower.
-    """
-    module = JukeboxPrior(config, param_dtype=param_dtype)
-    return module.init(key, *_dummy_inputs(config), method=JukeboxPrior.loss)["params"]
-
-
-def abstract_prior_params(config: PriorConfig, param_dtype: Any = jnp.float32) -> dict:
-    """The param tree as ``jax.ShapeDtypeStruct`` leaves (no memory: ``jax.eval_shape``)."""
-    return jax.eval_shape(lambda k: init_prior_params(config, k, param_dtype), jax.random.key(0))
 
 
 def _int_array(name: str, x: Any, ndim: int = 2) -> np.ndarray:
@@ -198,9 +184,17 @@ class Prior:
         return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(self.params)))
 
 
-def load_prior(path: PathLike, level: Optional[int] = None, dtype: Any = None) -> Prior:
+def load_prior(path: PathLike, level: Optional[int] = None, dtype: Any = None, *, mesh: Any = None,
+               scan_layers: bool = True) -> Prior:
     """Load a prior from a prior directory, or from a whole-model directory (``level``: 0 = finest,
-    default the top level). ``dtype`` casts the params on restore (e.g. jnp.bfloat16)."""
+    default the top level).
+
+    ``dtype`` casts the params on restore (e.g. jnp.bfloat16) and the module then computes in it
+    (float32 LayerNorm, softmax and logits; see ``precision.py``). ``mesh`` (``sharding.make_mesh``):
+    Orbax restores every param straight into its shard by the sharding rules (no full host copy).
+    ``scan_layers=False``: the layers unrolled once (``unroll_layers``), for sampling: a decode step
+    then reads every layer's weights in place instead of copying them out of the scan stacks.
+    """
     config = load_config(path)
     if isinstance(config, JukeboxConfig):
         level = len(config.priors) - 1 if level is None else level
@@ -212,5 +206,14 @@ def load_prior(path: PathLike, level: Optional[int] = None, dtype: Any = None) -
         raise CheckpointError(f"{sub} holds a {type(config).__name__}, not a prior")
     if level is not None and config.level != level:
         raise CheckpointError(f"{sub} holds the level-{config.level} prior, not level {level}")
-    params = load_params(sub, dtype=dtype, expected=abstract_prior_params(config))
-    return Prior(config=config, params=params, module=JukeboxPrior(config), vocab=load_vocab(sub))
+    sharding = None if mesh is None else checkpoint_sharding(mesh, prior_param_axes(config))
+    params = load_params(sub, dtype=dtype, sharding=sharding, expected=abstract_prior_params(config))
+    if not scan_layers:
+        shardings = None
+        if mesh is not None:
+            unrolled = abstract_prior_params(config, scan_layers=False)
+            shardings = param_shardings(unrolled, mesh, prior_param_axes(config, False))
+        params = jax.jit(unroll_layers, out_shardings=shardings)(params)
+    dtypes = {} if dtype is None else {"dtype": dtype, "param_dtype": dtype}
+    module = JukeboxPrior(config, scan_layers=scan_layers, **dtypes)
+    return Prior(config=config, params=params, module=module, vocab=load_vocab(sub))

@@ -2,23 +2,24 @@
 
 Interface (other modules code against this)
 -------------------------------------------
-``Autoregressive`` (a Linen module; build it with ``Autoregressive.from_prior_config(cfg)`` or
-``Autoregressive.lyric_encoder(enc_cfg, n_tokens, n_vocab)``) over ``n_ctx`` positions (all of them:
-lyrics + music for a single encoder-decoder) and a vocabulary of ``bins`` tokens.
+``Autoregressive(config, scan_layers=True)`` (a Linen module; ``config`` a ``TransformerConfig``, built
+by ``TransformerConfig.from_prior(prior_config)`` or ``.from_prior(prior_config, lyric_encoder=True)``)
+over ``config.n_ctx`` positions (all of them: lyrics + music for a single encoder-decoder) and a
+vocabulary of ``config.bins`` tokens. ``scan_layers``: see ``transformer.py`` (same results).
 
-- ``model.apply({'params': p}, tokens, x_cond=None, y_cond=None, encoder_kv=None, return_attn=False)``
-  teacher forcing exactly as the original forward. tokens int [B, T] (T <= n_ctx, a multiple of
-  block_ctx; normally T = n_ctx); x_cond [B, T, w] or [B, 1, w] or None; y_cond [B, 1, w] (start
-  embedding; required iff ``y_cond``); encoder_kv [B, encoder_len, w] (cross layers).
-  Returns float32 logits [B, T, bins] (``only_encode``: the final activations [B, T, w]);
-  with ``return_attn=True`` returns (logits, {layer index: softmax weights}) in the original's
-  recorded layouts (block / prev_block [B*rows, H, bc, bc], transpose [B*bc, H, rows, rows],
-  dense [B, H, T, T], cross [B, H, T, enc], prime [B, H, T - prime_len, prime_len]).
-- ``model.apply({'params': p}, tokens, x_cond, y_cond, encoder_kv, layers=(n, ...), stop_early=True,
-  method=Autoregressive.features)`` -> {n: float32 [B, T, w]}: the same teacher-forced forward,
-  returning the residual stream after the first n layers (0 = the transformer's input, depth = its
-  output, before the x_cond re-add and the head; ``head(h, x_cond)`` applies those). With
-  ``stop_early`` no layer past max(layers) runs.
+- ``model.apply({'params': p}, tokens, x_cond=None, y_cond=None, encoder_kv=None)``: teacher forcing
+  exactly as the original forward. tokens int [B, T] (T <= n_ctx, a multiple of block_ctx; normally
+  T = n_ctx); x_cond [B, T, w] or [B, 1, w] or None; y_cond [B, 1, w] (start embedding; required iff
+  ``config.y_cond``); encoder_kv [B, encoder_len, w] (cross layers). Returns float32 logits
+  [B, T, bins] (``only_encode``: the final activations [B, T, w]).
+- ``method=Autoregressive.attention_weights`` (same arguments) -> (logits, {layer index: softmax
+  weights}) in the original's recorded layouts (block / prev_block [B*rows, H, bc, bc], transpose
+  [B*bc, H, rows, rows], dense [B, H, T, T], cross [B, H, T, enc], prime [B, H, T - prime_len, prime_len]).
+- ``method=Autoregressive.features`` (tokens, x_cond, y_cond, encoder_kv, layers=(n, ...),
+  stop_early=True) -> {n: float32 [B, T, w]}: the same teacher-forced forward, returning the residual
+  stream after the first n layers (0 = the transformer's input, depth = its output, before the x_cond
+  re-add and the head; ``head(h, x_cond)`` applies those). With ``stop_early`` no layer past
+  max(layers) runs.
 - ``cache = model.init_cache(batch, dtype)`` (a plain method: no params needed) -> a pytree of
   zero arrays with static shapes (see ``transformer.py``): per layer ``{'k', 'v'}`` of shape
   [R, B, S, n_state], S per attention type as the original keeps it: dense/transpose n_ctx,
@@ -42,9 +43,9 @@ output head is tied to x_emb); ``transformer/...`` (see ``transformer.py``: scan
 ``layers_{a}_{b}/unit_{j}`` with a leading stack axis, single layers ``layer_{i}``).
 ``convert/transformer_keys.py`` maps the original state-dict keys to this tree and back.
 
-dtype: the transformer's activation dtype (float32, or float16 / bfloat16 to sample as the original's
-fp16 mode: residual stream, matmuls and KV cache in that dtype, LayerNorm and softmax in float32);
-embedding sums, the conditioning re-add and the output head are always float32.
+dtype (``config.dtype``): the transformer's activation dtype (float32, or float16 / bfloat16 to sample
+as the original's fp16 mode: residual stream, matmuls and KV cache in that dtype, LayerNorm and
+softmax in float32); embedding sums, the conditioning re-add and the output head are always float32.
 """
 
 from __future__ import annotations
@@ -57,11 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..config import LyricEncoderConfig, PriorConfig, attention_layout
 from ..errors import PriorInputError
-from .transformer import LayerSpec, Transformer
+from .transformer import Transformer, TransformerConfig, cache_bytes, init_cache, partitioned
 
-__all__ = ["Autoregressive", "PriorInputError"]
+__all__ = ["Autoregressive", "PriorInputError", "TransformerConfig"]
 
 Array = jax.Array
 
@@ -75,103 +75,49 @@ def _torch_linear_init(key, shape, dtype=jnp.float32):
 class Autoregressive(nn.Module):
     """Token embedding + positional embedding + start token, sparse transformer, output head."""
 
-    width: int
-    depth: int
-    heads: int
-    layout: tuple[str, ...]  # attention type per layer
-    blocks: Optional[int]
-    n_ctx: int  # all positions (lyrics + music for a single encoder-decoder)
-    bins: int
-    init_scale: float = 1.0
-    m_attn: float = 0.25
-    m_mlp: float = 1.0
-    zero_out: bool = False
-    res_scale: bool = False
-    merged_decoder: bool = False  # True: untied x_out, conditioning not re-added after the transformer
-    prime_len: int = 0  # lyric positions in front (prime layers)
-    encoder_len: int = 0  # lyric encoder positions (cross layers)
-    only_encode: bool = False
-    y_cond: bool = False  # start embedding given (y_cond) instead of a learned start_token
-    x_cond: bool = False  # conditioning expected (informative: None means zeros)
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    # -- constructors ------------------------------------------------------------------------
-    @classmethod
-    def from_prior_config(
-        cls, cfg: PriorConfig, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
-    ) -> "Autoregressive":
-        """The music model of a prior (``SimplePrior.prior``)."""
-        return cls(
-            width=cfg.width, depth=cfg.depth, heads=cfg.heads, layout=cfg.attention_layout, blocks=cfg.blocks,
-            n_ctx=cfg.total_ctx, bins=cfg.total_bins, init_scale=cfg.init_scale, m_attn=cfg.m_attn,
-            m_mlp=cfg.m_mlp, zero_out=cfg.zero_out, res_scale=cfg.res_scale, merged_decoder=cfg.merged_decoder,
-            prime_len=cfg.prime_len, encoder_len=cfg.n_tokens if cfg.lyrics == "separate" else 0,
-            y_cond=cfg.labels or cfg.lyrics == "single", x_cond=cfg.is_upsampler or cfg.labels,
-            dtype=dtype, param_dtype=param_dtype,
-        )
-
-    @classmethod
-    def lyric_encoder(
-        cls, enc: LyricEncoderConfig, n_tokens: int, n_vocab: int, dtype: Any = jnp.float32,
-        param_dtype: Any = jnp.float32,
-    ) -> "Autoregressive":
-        """The separate lyric encoder of a 5b_lyrics-style prior (``SimplePrior.prime_prior``)."""
-        return cls(
-            width=enc.width, depth=enc.depth, heads=enc.heads, layout=attention_layout(enc.attn_order, enc.depth),
-            blocks=enc.blocks, n_ctx=n_tokens, bins=n_vocab, init_scale=enc.init_scale, m_attn=enc.m_attn,
-            m_mlp=enc.m_mlp, zero_out=enc.zero_out, res_scale=enc.res_scale, only_encode=True,
-            dtype=dtype, param_dtype=param_dtype,
-        )
-
-    # -- modules -------------------------------------------------------------------------------
-    @property
-    def spec(self) -> LayerSpec:
-        return LayerSpec(
-            width=self.width, heads=self.heads, n_ctx=self.n_ctx, blocks=self.blocks, m_attn=self.m_attn,
-            m_mlp=self.m_mlp, zero_out=self.zero_out, init_scale=self.init_scale,
-            res_scale=1.0 / self.depth if self.res_scale else 1.0, prime_len=self.prime_len,
-            encoder_len=self.encoder_len, dtype=self.dtype, param_dtype=self.param_dtype,
-        )
+    config: TransformerConfig
+    scan_layers: bool = True
 
     def setup(self) -> None:
-        if len(self.layout) != self.depth:
-            raise PriorInputError(f"layout has {len(self.layout)} layers, depth is {self.depth}")
-        s = self.init_scale
-        self.x_emb = nn.Embed(self.bins, self.width, embedding_init=nn.initializers.normal(0.02 * s),
-                              param_dtype=self.param_dtype)
-        if not self.y_cond:
-            self.start_token = self.param("start_token", nn.initializers.normal(0.01 * s), (1, self.width),
-                                          self.param_dtype)
-        self.pos_emb = self.param("pos_emb", nn.initializers.normal(0.01 * s), (self.n_ctx, self.width),
-                                  self.param_dtype)
-        self.transformer = Transformer(tuple(self.layout), self.spec)
-        if self.merged_decoder and not self.only_encode:
-            self.x_out = nn.Dense(self.bins, use_bias=False, kernel_init=_torch_linear_init,
-                                  param_dtype=self.param_dtype)
+        c = self.config
+        s = c.init_scale
+        self.x_emb = nn.Embed(c.bins, c.width, param_dtype=c.param_dtype,
+                              embedding_init=partitioned(nn.initializers.normal(0.02 * s), ("vocab", "embed")))
+        if not c.y_cond:
+            self.start_token = self.param("start_token", partitioned(nn.initializers.normal(0.01 * s), (None, "embed")),
+                                          (1, c.width), c.param_dtype)
+        self.pos_emb = self.param("pos_emb", partitioned(nn.initializers.normal(0.01 * s), ("ctx", "embed")),
+                                  (c.n_ctx, c.width), c.param_dtype)
+        self.transformer = Transformer(c, self.scan_layers)
+        if c.merged_decoder and not c.only_encode:
+            self.x_out = nn.Dense(c.bins, use_bias=False, param_dtype=c.param_dtype,
+                                  kernel_init=partitioned(_torch_linear_init, ("embed", "vocab")))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _start_embedding(self, batch: int, y_cond: Optional[Array]) -> Array:
-        if self.y_cond:
-            if y_cond is None or y_cond.shape != (batch, 1, self.width):
+        width = self.config.width
+        if self.config.y_cond:
+            if y_cond is None or y_cond.shape != (batch, 1, width):
                 got = None if y_cond is None else y_cond.shape
-                raise PriorInputError(f"y_cond must be [{batch}, 1, {self.width}], got {got}")
-            return y_cond.reshape(batch, self.width).astype(jnp.float32)
+                raise PriorInputError(f"y_cond must be [{batch}, 1, {width}], got {got}")
+            return y_cond.reshape(batch, width).astype(jnp.float32)
         if y_cond is not None:
             raise PriorInputError("this model has a learned start token: pass no y_cond")
-        return jnp.broadcast_to(self.start_token.astype(jnp.float32), (batch, self.width))
+        return jnp.broadcast_to(self.start_token.astype(jnp.float32), (batch, width))
 
     def _check_cond(self, x_cond: Optional[Array], batch: int, length: int) -> None:
-        if x_cond is not None and x_cond.shape not in ((batch, length, self.width), (batch, 1, self.width)):
-            raise PriorInputError(f"x_cond must be [{batch}, {length} or 1, {self.width}], got {x_cond.shape}")
+        w = self.config.width
+        if x_cond is not None and x_cond.shape not in ((batch, length, w), (batch, 1, w)):
+            raise PriorInputError(f"x_cond must be [{batch}, {length} or 1, {w}], got {x_cond.shape}")
 
     def _head(self, h: Array, cond: Optional[Array]) -> Array:
         """Conditioning re-add (not merged_decoder) and the output head, in float32."""
-        if not self.merged_decoder and cond is not None:
+        c = self.config
+        if not c.merged_decoder and cond is not None:
             h = h + cond
-        if self.only_encode:
+        if c.only_encode:
             return h
-        if self.merged_decoder:
+        if c.merged_decoder:
             return self.x_out(h)
         return h @ self.x_emb.embedding.astype(jnp.float32).T
 
@@ -186,8 +132,8 @@ class Autoregressive(nn.Module):
         if tokens.ndim != 2:
             raise PriorInputError(f"tokens must be [batch, time], got shape {tokens.shape}")
         batch, length = tokens.shape
-        if length > self.n_ctx:
-            raise PriorInputError(f"{length} tokens exceed the context of {self.n_ctx}")
+        if length > self.config.n_ctx:
+            raise PriorInputError(f"{length} tokens exceed the context of {self.config.n_ctx}")
         self._check_cond(x_cond, batch, length)
         emb = self.x_emb.embedding.astype(jnp.float32)[tokens]
         start = self._start_embedding(batch, y_cond)
@@ -199,11 +145,17 @@ class Autoregressive(nn.Module):
         return h, cond
 
     def __call__(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
-                 encoder_kv: Optional[Array] = None, return_attn: bool = False):
+                 encoder_kv: Optional[Array] = None) -> Array:
         h, cond = self._embed(tokens, x_cond, y_cond)
-        h, weights = self.transformer(h, encoder_kv, return_attn)
-        out = self._head(h, cond)
-        return (out, weights) if return_attn else out
+        h, _ = self.transformer(h, encoder_kv)
+        return self._head(h, cond)
+
+    def attention_weights(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
+                          encoder_kv: Optional[Array] = None) -> tuple[Array, dict[int, Array]]:
+        """(``__call__``'s output, {layer index: softmax weights})."""
+        h, cond = self._embed(tokens, x_cond, y_cond)
+        h, weights = self.transformer.attention_weights(h, encoder_kv)
+        return self._head(h, cond), weights
 
     def features(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
                  encoder_kv: Optional[Array] = None, layers: tuple[int, ...] = (), stop_early: bool = True
@@ -211,29 +163,29 @@ class Autoregressive(nn.Module):
         """Teacher-forced residual stream after the first n layers, for each n in ``layers``
         (0 = the transformer's input, ``depth`` = its output; as ``__call__``, before the x_cond
         re-add and the head): {n: float32 [B, T, w]}. ``stop_early`` runs no layer past max(layers)."""
+        depth = self.config.depth
         layers = tuple(sorted(set(int(n) for n in layers)))
-        if not layers or layers[0] < 0 or layers[-1] > self.depth:
-            raise PriorInputError(f"layers must be a non-empty set of layer counts in 0..{self.depth}, got {layers}")
+        if not layers or layers[0] < 0 or layers[-1] > depth:
+            raise PriorInputError(f"layers must be a non-empty set of layer counts in 0..{depth}, got {layers}")
         h, _ = self._embed(tokens, x_cond, y_cond)
-        stop = layers[-1] if stop_early else self.depth
-        _, feats = self.transformer(h, encoder_kv, collect=layers, stop=stop)
-        return feats
+        return self.transformer.features(h, encoder_kv, layers, layers[-1] if stop_early else depth)
 
     # -- incremental decoding -----------------------------------------------------------------
+    @nn.nowrap
     def init_cache(self, batch: int, dtype: Any = None) -> dict:
         """Zero KV caches, sized per attention type (see the module docstring)."""
-        return Transformer(tuple(self.layout), self.spec, parent=None).init_cache(batch, dtype or self.dtype)
+        return init_cache(self.config, batch, dtype)
 
+    @nn.nowrap
     def cache_bytes(self, batch: int = 1, dtype: Any = None) -> int:
-        cache = jax.eval_shape(lambda: self.init_cache(batch, dtype))
-        return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(cache)))
+        return cache_bytes(self.config, batch, dtype)
 
     def decode(self, inputs: Array, start: Array, cache: dict, x_cond: Optional[Array] = None,
                y_cond: Optional[Array] = None, encoder_kv: Optional[Array] = None) -> tuple[Array, dict]:
         if inputs.ndim != 2:
             raise PriorInputError(f"inputs must be [batch, chunk], got shape {inputs.shape}")
         batch, chunk = inputs.shape
-        self._check_cond(x_cond, batch, self.n_ctx)
+        self._check_cond(x_cond, batch, self.config.n_ctx)
         start = jnp.asarray(start, jnp.int32)
         pos = start + jnp.arange(chunk)
         emb = self.x_emb.embedding.astype(jnp.float32)[inputs]
@@ -246,5 +198,5 @@ class Autoregressive(nn.Module):
             if cond.shape[1] != 1:
                 cond = lax.dynamic_slice_in_dim(cond, start, chunk, axis=1)
             h = h + cond
-        h, cache = self.transformer(h, encoder_kv, start=start, cache=cache)
+        h, cache = self.transformer(h, encoder_kv, cache=cache, start=start)
         return self._head(h, cond), cache

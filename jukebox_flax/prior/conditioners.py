@@ -37,9 +37,16 @@ __all__ = [
 ]
 
 
+def _axes(init, names: tuple[str, ...]):
+    """``init`` whose params carry logical axis names (see ``sharding.py``)."""
+    return nn.with_logical_partitioning(init, names)
+
+
 def layer_norm(name: Optional[str] = None) -> nn.LayerNorm:
     """torch.nn.LayerNorm(eps=1e-5) in fp32; exact two-pass variance for parity."""
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, name=name)
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, name=name,
+                        scale_init=_axes(nn.initializers.ones, ("embed",)),
+                        bias_init=_axes(nn.initializers.zeros, ("embed",)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +185,8 @@ class LabelConditioner(nn.Module):
         std = 0.01 * c.init_scale
 
         def embed(bins: int, name: str) -> nn.Embed:
-            return nn.Embed(bins, c.width, dtype=jnp.float32, embedding_init=nn.initializers.normal(std), name=name)
+            init = _axes(nn.initializers.normal(std), ("labels", "embed"))
+            return nn.Embed(bins, c.width, dtype=jnp.float32, embedding_init=init, name=name)
 
         total_length, offset, length = labels[:, 0:1], labels[:, 1:2], labels[:, 2:3]
         artist, genre = labels[:, 3:4], labels[:, 4:]
@@ -222,8 +230,8 @@ class UpperConditioner(nn.Module):
     def __call__(self, upper: jax.Array) -> jax.Array:
         c = self.config
         x = nn.Embed(
-            c.bins, c.width, dtype=jnp.float32, embedding_init=nn.initializers.normal(0.02 * c.init_scale),
-            name="x_emb",
+            c.bins, c.width, dtype=jnp.float32, name="x_emb",
+            embedding_init=_axes(nn.initializers.normal(0.02 * c.init_scale), ("vocab", "embed")),
         )(upper)
         # The VQ-VAE's decoder block, with dilations NOT reversed and res blocks named `blocks`
         # (the original builds it with checkpoint_res=1).

@@ -12,19 +12,24 @@
   vocabulary (music token t is t + n_vocab) and x_cond [zeros for the lyrics ; timing];
 - ``prior``: the ``Autoregressive`` model.
 
+``JukeboxPrior(config, scan_layers=True)``: ``scan_layers=False`` runs both transformers with every
+layer unrolled, on the params of ``unroll_layers`` (see ``transformer.py``; same results).
+
 Methods (use with ``module.apply({'params': p}, ..., method=JukeboxPrior.<name>)``):
 
 - ``condition(y, upper) -> {'x_cond', 'y_cond', 'encoder_kv', 'prime'}`` (absent parts are None;
   ``prime`` = the lyric tokens of y, int32 [B, n_tokens]);
-- ``__call__(tokens, y, upper, return_attn=False) -> logits`` = the original ``z_forward`` logits:
-  tokens int [B, T] music codes of this level; for 'single' the logits cover [lyrics ; music]
-  positions and the joint vocabulary, [B, n_tokens + T, n_vocab + bins];
+- ``__call__(tokens, y, upper) -> logits`` = the original ``z_forward`` logits: tokens int [B, T]
+  music codes of this level; for 'single' the logits cover [lyrics ; music] positions and the joint
+  vocabulary, [B, n_tokens + T, n_vocab + bins];
+- ``attention_weights(tokens, y, upper) -> (logits, {layer: softmax weights})`` of the music transformer;
 - ``features(tokens, y, upper, layers, stop_early=True, music_only=True) -> {n: [B, T, W]}``: the
   residual stream after the first n layers (same forward as ``__call__``; see its docstring);
 - ``loss(tokens, y, upper) -> (loss, {'bpd', 'prime_loss', 'gen_loss'})`` exactly as the original;
 - ``init_cache(batch, dtype)`` (plain method, no params) and ``decode(inputs, start, cache,
   x_cond, y_cond, encoder_kv) -> (logits, cache)``: pass-throughs to ``Autoregressive`` (for 'single'
-  they work on joint positions and tokens: see ``joint_tokens`` / ``music_from_joint``).
+  they work on joint positions and tokens: see ``joint_tokens`` / ``music_from_joint``);
+- ``param_axes()`` (plain method): the logical axes of every param (``prior_param_axes``).
 
 y is the original label layout (total_length, offset, sample_length, artist, genre x
 max_bow_genre_size, lyric tokens x n_tokens); upper int [B, n_ctx / cond_downsample].
@@ -32,6 +37,7 @@ max_bow_genre_size, lyric tokens x n_tokens); upper int [B, n_ctx / cond_downsam
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -41,11 +47,13 @@ import numpy as np
 
 from ..config import PriorConfig
 from ..errors import PriorCallError
+from ..sharding import ParamAxes, logical_axes
 from .autoregressive import Autoregressive
 from .conditioners import LabelConditioner, UpperConditioner, layer_norm
-from .transformer import split_repeats
+from .transformer import TransformerConfig, init_cache, partitioned, scan_params, unroll_params
 
-__all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits"]
+__all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits",
+           "dummy_inputs", "init_prior_params", "abstract_prior_params", "prior_param_axes", "unroll_layers", "stack_layers"]
 
 Array = jax.Array
 
@@ -61,6 +69,44 @@ def music_from_joint(config: PriorConfig, joint: Array) -> Array:
     return jnp.maximum(joint[:, config.n_tokens :] - config.n_vocab, 0)
 
 
+def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[Array, Optional[Array], Optional[Array]]:
+    """Zero (tokens, y, upper) of the shapes the prior takes (for init and shape evaluation)."""
+    tokens = jnp.zeros((batch, config.n_ctx), jnp.int32)
+    y = jnp.zeros((batch, config.y_length), jnp.int32) if config.labels else None
+    upper = jnp.zeros((batch, config.n_ctx // config.cond_downsample), jnp.int32) if config.is_upsampler else None
+    return tokens, y, upper
+
+
+_TRANSFORMERS = ("prior", "lyric_encoder")  # the Autoregressive submodules of a JukeboxPrior
+
+
+def unroll_layers(params: dict) -> dict:
+    """Prior params with both transformers' scanned runs unrolled (``transformer.unroll_params``):
+    the tree of ``JukeboxPrior(config, scan_layers=False)``. Copies the layer weights once."""
+    return {k: {**v, "transformer": unroll_params(v["transformer"])} if k in _TRANSFORMERS else v
+            for k, v in params.items()}
+
+
+def stack_layers(params: dict, config: PriorConfig) -> dict:
+    """The inverse of ``unroll_layers``: the stored (scanned) tree."""
+    layouts = {"prior": config.attention_layout}
+    if config.lyrics == "separate":
+        layouts["lyric_encoder"] = TransformerConfig.from_prior(config, lyric_encoder=True).layout
+    return {k: {**v, "transformer": scan_params(v["transformer"], layouts[k])} if k in layouts else v
+            for k, v in params.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def prior_param_axes(config: PriorConfig, scan_layers: bool = True) -> ParamAxes:
+    """Logical axis names of every param of ``JukeboxPrior(config, scan_layers)``, read from the
+    metadata its init attaches (abstract shapes only: ``jax.eval_shape``). The upsampler's conditioner
+    convolutions are VQ-VAE modules without metadata (``sharding.CONV_AXES``)."""
+    module = JukeboxPrior(config, scan_layers=scan_layers)
+    boxed = jax.eval_shape(lambda k: module.init(k, *dummy_inputs(config), method=JukeboxPrior.loss)["params"],
+                           jax.random.key(0))
+    return logical_axes(boxed, conv_subtrees=(("upper_conditioner", "cond"),))
+
+
 def cross_entropy_bits(logits: Array, targets: Array) -> Array:
     """Mean cross-entropy in bits (the original ``F.cross_entropy(...) / ln 2``), in float32."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -74,6 +120,7 @@ class JukeboxPrior(nn.Module):
     config: PriorConfig
     dtype: Any = jnp.float32  # the transformers' activation dtype (float16/bfloat16 = the original's fp16 mode)
     param_dtype: Any = jnp.float32
+    scan_layers: bool = True  # False: every transformer layer unrolled (params from ``unroll_layers``)
 
     def setup(self) -> None:
         c = self.config
@@ -82,18 +129,19 @@ class JukeboxPrior(nn.Module):
         if c.labels:
             self.label_conditioner = LabelConditioner(c)
         if c.lyrics == "separate":
-            enc = c.encoder
-            self.lyric_encoder = Autoregressive.lyric_encoder(enc, c.n_tokens, c.n_vocab, self.dtype, self.param_dtype)
+            enc = TransformerConfig.from_prior(c, True, self.dtype, self.param_dtype)
+            self.lyric_encoder = Autoregressive(enc, self.scan_layers)
             self.lyric_proj = nn.Dense(
-                c.width, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02 * enc.init_scale),
-                param_dtype=self.param_dtype,
+                c.width, dtype=jnp.float32, param_dtype=self.param_dtype,
+                kernel_init=partitioned(nn.initializers.normal(0.02 * enc.init_scale), ("embed", "embed")),
+                bias_init=partitioned(nn.initializers.zeros, ("embed",)),
             )
             self.lyric_ln = layer_norm()
             self.lyric_head = nn.Dense(
-                c.n_vocab, use_bias=False, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02 * c.init_scale),
-                param_dtype=self.param_dtype,
+                c.n_vocab, use_bias=False, dtype=jnp.float32, param_dtype=self.param_dtype,
+                kernel_init=partitioned(nn.initializers.normal(0.02 * c.init_scale), ("embed", "vocab")),
             )
-        self.prior = Autoregressive.from_prior_config(c, self.dtype, self.param_dtype)
+        self.prior = Autoregressive(self.autoregressive_config(), self.scan_layers)
 
     # -- conditioning --------------------------------------------------------------------------
     def encode_lyrics(self, prime: Array) -> Array:
@@ -142,10 +190,6 @@ class JukeboxPrior(nn.Module):
             x_cond = x_cond[:, : tokens.shape[1]]  # shorter than a full window (T < n_ctx)
         return tokens, x_cond, cond
 
-    def _forward(self, tokens: Array, y: Optional[Array], upper: Optional[Array], return_attn: bool):
-        tokens, x_cond, cond = self._inputs(tokens, y, upper)
-        out = self.prior(tokens, x_cond, cond["y_cond"], cond["encoder_kv"], return_attn)
-        return out, tokens, cond
 
     def features(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None,
                  layers: tuple[int, ...] = (), stop_early: bool = True, music_only: bool = True) -> dict[int, Array]:
@@ -160,12 +204,16 @@ class JukeboxPrior(nn.Module):
             feats = {n: f[:, self.config.n_tokens :] for n, f in feats.items()}
         return feats
 
-    def __call__(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None,
-                 return_attn: bool = False):
-        """float32 logits [B, T, bins] (joint positions/vocabulary for 'single'); with ``return_attn``
-        (logits, {layer: attention weights})."""
-        out, _, _ = self._forward(tokens, y, upper, return_attn)
-        return out
+    def __call__(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None) -> Array:
+        """float32 logits [B, T, bins] (joint positions/vocabulary for 'single')."""
+        tokens, x_cond, cond = self._inputs(tokens, y, upper)
+        return self.prior(tokens, x_cond, cond["y_cond"], cond["encoder_kv"])
+
+    def attention_weights(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None
+                          ) -> tuple[Array, dict[int, Array]]:
+        """(logits, {layer: softmax weights of the music transformer}) (see ``Autoregressive``)."""
+        tokens, x_cond, cond = self._inputs(tokens, y, upper)
+        return self.prior.attention_weights(tokens, x_cond, cond["y_cond"], cond["encoder_kv"])
 
     def loss(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None):
         """(loss, metrics) as the original ``z_forward``: gen_loss (bits/token over music), prime_loss
@@ -173,7 +221,8 @@ class JukeboxPrior(nn.Module):
         loss = f * prime_loss * P / (P + N) + gen_loss * N / (P + N), f = prime_loss_fraction,
         P = n_tokens (0 without lyrics), N = n_ctx. metrics: bpd (= gen_loss), prime_loss, gen_loss."""
         c = self.config
-        logits, targets, cond = self._forward(tokens, y, upper, False)
+        targets, x_cond, cond = self._inputs(tokens, y, upper)
+        logits = self.prior(targets, x_cond, cond["y_cond"], cond["encoder_kv"])
         prime_loss = jnp.float32(0.0)
         if c.lyrics == "single":
             prime_loss = cross_entropy_bits(logits[:, : c.n_tokens], targets[:, : c.n_tokens])
@@ -189,26 +238,39 @@ class JukeboxPrior(nn.Module):
 
     # -- incremental decoding (pass-throughs) ---------------------------------------------------
     @nn.nowrap
-    def autoregressive(self) -> Autoregressive:
-        """The (unbound) autoregressive model of this prior."""
-        return Autoregressive.from_prior_config(self.config, self.dtype, self.param_dtype)
+    def autoregressive_config(self) -> TransformerConfig:
+        """The hyperparameters of this prior's music model."""
+        return TransformerConfig.from_prior(self.config, False, self.dtype, self.param_dtype)
 
     @nn.nowrap
     def init_cache(self, batch: int, dtype: Any = None) -> dict:
         """Zero KV caches for ``decode`` (a plain method: no params needed)."""
-        return self.autoregressive().init_cache(batch, dtype or self.dtype)
+        return init_cache(self.autoregressive_config(), batch, dtype or self.dtype)
 
     @nn.nowrap
-    def decode_params(self, params: dict) -> dict:
-        """``params`` with the decoder's scanned layer runs split per repeat (``split_repeats``):
-        what ``decode`` runs fastest with. A plain method; call it inside the jitted sampler so the
-        split copy is transient."""
-        prior = dict(params["prior"])
-        prior["transformer"] = split_repeats(prior["transformer"])
-        return {**params, "prior": prior}
+    def param_axes(self) -> ParamAxes:
+        """Logical axis names of every param (``prior_param_axes``)."""
+        return prior_param_axes(self.config, self.scan_layers)
 
     def decode(self, inputs: Array, start: Array, cache: dict, x_cond: Optional[Array] = None,
                y_cond: Optional[Array] = None, encoder_kv: Optional[Array] = None) -> tuple[Array, dict]:
         """``Autoregressive.decode`` with this prior's params; pass the tensors of ``condition``
         (x_cond full length: [B, total_ctx, W])."""
         return self.prior.decode(inputs, start, cache, x_cond, y_cond, encoder_kv)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "param_dtype", "scan_layers"))
+def init_prior_params(config: PriorConfig, key: jax.Array, param_dtype: Any = jnp.float32,
+                      scan_layers: bool = True) -> dict:
+    """Freshly initialised params of a prior (the original's inits where they matter), a plain dict.
+
+    One compiled program per (config, dtype): op by op, the init's forward pass (scanned layers
+    included) dispatches and compiles every small op on its own, which is slower.
+    """
+    module = JukeboxPrior(config, param_dtype=param_dtype, scan_layers=scan_layers)
+    return nn.meta.unbox(module.init(key, *dummy_inputs(config), method=JukeboxPrior.loss)["params"])
+
+
+def abstract_prior_params(config: PriorConfig, param_dtype: Any = jnp.float32, scan_layers: bool = True) -> dict:
+    """The param tree as ``jax.ShapeDtypeStruct`` leaves (no memory: ``jax.eval_shape``)."""
+    return jax.eval_shape(lambda k: init_prior_params(config, k, param_dtype, scan_layers), jax.random.key(0))

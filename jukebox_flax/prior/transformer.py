@@ -10,9 +10,21 @@ As the original ``transformer/{transformer,factored_attention,ops}.py``:
   gives k, v), the attention type's sparse pattern (``attention.py``), c_proj.
 - ``ResAttnBlock``: ``a = attn(ln_0(x)); m = mlp(ln_1(x + a)); x + a + m``.
 
+Every hyperparameter of one decoder (the music model of a prior, or its lyric encoder) is in one
+frozen ``TransformerConfig``, built from a ``PriorConfig`` by ``TransformerConfig.from_prior``.
+
+The contract of ``Transformer(config, scan_layers=True)``:
+
+- ``__call__(x, encoder_kv=None, *, cache=None, start=None) -> (x, cache)``: the only forward.
+  Without a cache it is the teacher-forced forward and returns (x, None); with one (``init_cache``)
+  it decodes positions ``start .. start + C - 1`` and returns the updated cache.
+- ``features(x, encoder_kv, layers, stop) -> {n: float32 stream after the first n layers}``, running
+  only the first ``stop`` layers;
+- ``attention_weights(x, encoder_kv) -> (x, {layer: softmax weights})`` (parity tests, alignment).
+
 Layers are grouped by ``layer_segments``: a run of a repeating unit of attention types (e.g. 24 x
 (block, transpose_block, prev_block)) becomes one ``nn.scan`` over stacked parameters, so a 72-layer
-prior compiles a few layer bodies instead of 72. Parameter tree of ``Transformer``:
+prior compiles a few layer bodies instead of 72. This is the stored parameter tree:
 
     layers_{a}_{b}/unit_{j}/...   layers a..b (inclusive), a scanned run; every leaf has a leading
                                   axis of length R = (b - a + 1) / len(unit); original layer index
@@ -22,16 +34,23 @@ prior compiles a few layer bodies instead of 72. Parameter tree of ``Transformer
     each layer: attn/{c_attn, c_enc_kv (cross only), c_proj}/{kernel [in, out], bias},
                 ln_0/{scale, bias}, mlp/{c_fc, c_proj}/{kernel, bias}, ln_1/{scale, bias}
 
-Features (``collect`` / ``stop``): the residual stream after any layers, and a forward that stops
-after the deepest one, without changing the param tree or adding scans. A run that the stop cuts
-still scans over all its repeats, but the layers past the stop sit behind ``lax.cond`` and do not
-run (slicing the stacked params to scan fewer repeats would copy them: ~10 GB for half the 5B
-prior); asked-for outputs of a run are written into a carried buffer [K + 1, B, T, W] at a slot
-given by a static (unit, repeat) table (slot K collects the rest), so any number of layers costs
-one scan body per run.
+``scan_layers=False`` declares every layer as its own submodule ``layer_{i}`` and takes the tree of
+``unroll_params`` (made once, when a prior is loaded for sampling; ``scan_params`` is its inverse):
+a decode step's matmuls then read every layer's weights where they lie instead of copying them out
+of the stack. Both give the same results.
 
-The KV cache mirrors it: ``{layers_a_b: {unit_j: {'k', 'v'}}, layer_i: {'k', 'v'}}`` with arrays
-[R, B, S, n_state] (R = 1 for a single layer), S from ``attention.cache_length``.
+Every kernel, bias, scale and embedding is created with logical axis names
+(``nn.with_logical_partitioning``: 'embed', 'heads', 'mlp', 'vocab', 'ctx'; scanned runs add
+'layers' in front); ``sharding.py`` maps them to a device mesh.
+
+Features of a scanned run: a run that the stop cuts still scans over all its repeats, but the layers
+past the stop sit behind ``lax.cond`` and do not run (slicing the stacked params to scan fewer
+repeats would copy them); asked-for outputs of a run are written into a carried buffer
+[K + 1, B, T, W] at a slot given per (repeat, unit) (slot K collects the rest), so any number of
+layers costs one scan body per run.
+
+The KV cache is the same for both layouts: ``{layers_a_b: {unit_j: {'k', 'v'}}, layer_i: {'k', 'v'}}``
+with arrays [R, B, S, n_state] (R = 1 for a single layer), S from ``attention.cache_length``.
 """
 
 from __future__ import annotations
@@ -42,7 +61,9 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from ..config import PriorConfig, attention_layout
 from .attention import cache_length, decode_attention, full_attention, prime_keys
 
 __all__ = [
@@ -50,8 +71,10 @@ __all__ = [
     "layer_segments",
     "segment_key",
     "layer_location",
-    "split_repeats",
-    "LayerSpec",
+    "unroll_params",
+    "scan_params",
+    "TransformerConfig",
+    "init_cache",
     "Conv1D",
     "LayerNorm",
     "MLP",
@@ -61,6 +84,7 @@ __all__ = [
 ]
 
 Array = jax.Array
+Axes = tuple[Optional[str], ...]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,33 +150,159 @@ def layer_location(segments: Sequence[Segment], index: int) -> tuple[str, Option
     raise IndexError(f"layer {index} outside the transformer ({segments[-1].stop if segments else 0} layers)")
 
 
-def split_repeats(params: dict) -> dict:
-    """Transformer params with every scanned run split per repeat, for sampling.
+def _layers(segments: Sequence[Segment]):
+    """(layer index, attention type, segment key, unit key or None, stack index) of every layer."""
+    for seg in segments:
+        for r in range(seg.repeat):
+            for j, attn_type in enumerate(seg.unit):
+                unit = f"unit_{j}" if seg.scanned else None
+                yield seg.start + r * len(seg.unit) + j, attn_type, seg.key, unit, r
 
-    ``layers_a_b/unit_j/<leaf [R, ...]>`` becomes ``layers_a_b/unit_j/repeat_r/<leaf [...]>``; single
-    layers stay. ``decode`` accepts either form and gives the same result; with split params it runs
-    the layers unrolled, so a step's matmuls read every layer's weights where they lie instead of
-    copying them out of the stack first (on a CPU, one copy of all weights per token: 2-3x the memory
-    traffic of a batch-1 step). Splitting copies the weights once (per sampled window, inside its jit).
-    """
+
+def unroll_params(params: dict) -> dict:
+    """Transformer params with every scanned run unrolled: ``layers_a_b/unit_j/<leaf [R, ...]>``
+    becomes ``layer_{a + r * len(unit) + j}/<leaf [...]>`` (the tree of ``scan_layers=False``).
+    Copies the weights once."""
     out = {}
     for key, sub in params.items():
-        if key.startswith("layers_"):
-            repeats = jax.tree.leaves(sub)[0].shape[0]
-            sub = {unit: {f"repeat_{r}": jax.tree.map(lambda a: a[r], tree) for r in range(repeats)}
-                   for unit, tree in sub.items()}
-        out[key] = sub
+        if not key.startswith("layers_"):
+            out[key] = sub
+            continue
+        first, units = int(key.split("_")[1]), len(sub)
+        repeats = jax.tree.leaves(sub)[0].shape[0]
+        for r in range(repeats):
+            for j in range(units):
+                out[f"layer_{first + r * units + j}"] = jax.tree.map(lambda a: a[r], sub[f"unit_{j}"])
     return out
+
+
+def scan_params(params: dict, layout: Sequence[str]) -> dict:
+    """The inverse of ``unroll_params``: per-layer params stacked into the scanned runs of ``layout``."""
+    out = {}
+    for seg in layer_segments(layout):
+        if not seg.scanned:
+            out[seg.key] = params[seg.key]
+            continue
+        u = len(seg.unit)
+        out[seg.key] = {
+            f"unit_{j}": jax.tree.map(lambda *a: jnp.stack(a),
+                                      *[params[f"layer_{seg.start + r * u + j}"] for r in range(seg.repeat)])
+            for j in range(u)
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The hyperparameters
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Every hyperparameter of one decoder: the layer stack, its embeddings and its output head."""
+
+    width: int
+    heads: int
+    layout: tuple[str, ...]  # attention type per layer (``config.attention_layout``)
+    n_ctx: int  # positions of the full sequence (lyrics + music for a single encoder-decoder)
+    bins: int  # vocabulary of the token embedding and output head
+    blocks: Optional[int] = None
+    m_attn: float = 0.25
+    m_mlp: float = 1.0
+    zero_out: bool = False
+    init_scale: float = 1.0
+    res_scale: bool = False  # scale the residual branches by 1 / depth
+    merged_decoder: bool = False  # True: untied x_out, conditioning not re-added after the transformer
+    prime_len: int = 0  # lyric positions in front (prime layers)
+    encoder_len: int = 0  # lyric encoder positions (cross layers)
+    only_encode: bool = False  # no output head: the final activations (the lyric encoder)
+    y_cond: bool = False  # start embedding given (y_cond) instead of a learned start_token
+    dtype: Any = jnp.float32  # activations
+    param_dtype: Any = jnp.float32
+
+    @classmethod
+    def from_prior(cls, prior: PriorConfig, lyric_encoder: bool = False, dtype: Any = jnp.float32,
+                   param_dtype: Any = jnp.float32) -> "TransformerConfig":
+        """The music model of a prior (original ``SimplePrior.prior``) or, with ``lyric_encoder``,
+        its separate lyric encoder (``SimplePrior.prime_prior``, over the n_tokens lyric tokens)."""
+        if lyric_encoder:
+            enc = prior.encoder
+            if enc is None:
+                raise ValueError("this prior has no separate lyric encoder")
+            return cls(
+                width=enc.width, heads=enc.heads, layout=attention_layout(enc.attn_order, enc.depth),
+                n_ctx=prior.n_tokens, bins=prior.n_vocab, blocks=enc.blocks, m_attn=enc.m_attn, m_mlp=enc.m_mlp,
+                zero_out=enc.zero_out, init_scale=enc.init_scale, res_scale=enc.res_scale, only_encode=True,
+                dtype=dtype, param_dtype=param_dtype,
+            )
+        return cls(
+            width=prior.width, heads=prior.heads, layout=prior.attention_layout, n_ctx=prior.total_ctx,
+            bins=prior.total_bins, blocks=prior.blocks, m_attn=prior.m_attn, m_mlp=prior.m_mlp,
+            zero_out=prior.zero_out, init_scale=prior.init_scale, res_scale=prior.res_scale,
+            merged_decoder=prior.merged_decoder, prime_len=prior.prime_len,
+            encoder_len=prior.n_tokens if prior.lyrics == "separate" else 0,
+            y_cond=prior.labels or prior.lyrics == "single", dtype=dtype, param_dtype=param_dtype,
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.layout)
+
+    @property
+    def n_state(self) -> int:
+        return int(self.m_attn * self.width)
+
+    @property
+    def block_ctx(self) -> Optional[int]:
+        return None if self.blocks is None else self.n_ctx // self.blocks
+
+    @property
+    def residual_scale(self) -> float:
+        return 1.0 / self.depth if self.res_scale else 1.0
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return layer_segments(self.layout)
+
+    def cache_length(self, attn_type: str) -> int:
+        return cache_length(attn_type, self.n_ctx, self.blocks, self.prime_len, self.encoder_len)
+
+
+def init_cache(config: TransformerConfig, batch: int, dtype: Any = None) -> dict:
+    """Zero KV caches for every layer (see the module docstring for the tree)."""
+    dtype = dtype or config.dtype
+    cache: dict = {}
+    for seg in config.segments:
+        def zeros(attn_type: str, repeat: int) -> dict:
+            shape = (repeat, batch, config.cache_length(attn_type), config.n_state)
+            return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+        if seg.scanned:
+            cache[seg.key] = {f"unit_{j}": zeros(t, seg.repeat) for j, t in enumerate(seg.unit)}
+        else:
+            cache[seg.key] = zeros(seg.unit[0], 1)
+    return cache
+
+
+def cache_bytes(config: TransformerConfig, batch: int = 1, dtype: Any = None) -> int:
+    cache = jax.eval_shape(lambda: init_cache(config, batch, dtype))
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(cache)))
 
 
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 
 
+def partitioned(init: Any, axes: Axes) -> Any:
+    """``init`` whose params carry logical axis names (read by ``sharding.logical_axes``)."""
+    return nn.with_logical_partitioning(init, axes)
+
+
 class Conv1D(nn.Module):
-    """The original Conv1D: y = x @ kernel + bias, kernel [in, out], cast to x's dtype."""
+    """The original Conv1D: y = x @ kernel + bias, kernel [in, out], cast to x's dtype.
+    ``axes``: the kernel's logical axes (the bias has the output one)."""
 
     features: int
+    axes: tuple[str, str]
     init_scale: float = 1.0
     zero_init: bool = False
     param_dtype: Any = jnp.float32
@@ -160,8 +310,9 @@ class Conv1D(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(0.02 * self.init_scale)
-        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        kernel = self.param("kernel", partitioned(init, self.axes), (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, self.axes[1:]), (self.features,),
+                          self.param_dtype)
         return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
@@ -173,8 +324,8 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), self.param_dtype)
+        scale = self.param("scale", partitioned(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (x.shape[-1],), self.param_dtype)
         h = x.astype(jnp.float32)
         mean = h.mean(-1, keepdims=True)
         var = jnp.square(h - mean).mean(-1, keepdims=True)
@@ -195,52 +346,24 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = quick_gelu(Conv1D(self.hidden, self.init_scale, param_dtype=self.param_dtype, name="c_fc")(x))
-        return Conv1D(self.width, self.init_scale, self.zero_out, self.param_dtype, name="c_proj")(h)
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """What every layer of one transformer shares (hashable, so it can be a module field)."""
-
-    width: int
-    heads: int
-    n_ctx: int  # positions of the full sequence
-    blocks: Optional[int] = None
-    m_attn: float = 0.25
-    m_mlp: float = 1.0
-    zero_out: bool = False
-    init_scale: float = 1.0
-    res_scale: float = 1.0
-    prime_len: int = 0  # lyric positions of a single encoder-decoder (prime layers)
-    encoder_len: int = 0  # encoder positions (cross layers)
-    dtype: Any = jnp.float32  # activations
-    param_dtype: Any = jnp.float32
-
-    @property
-    def n_state(self) -> int:
-        return int(self.m_attn * self.width)
-
-    @property
-    def block_ctx(self) -> Optional[int]:
-        return None if self.blocks is None else self.n_ctx // self.blocks
-
-    def cache_length(self, attn_type: str) -> int:
-        return cache_length(attn_type, self.n_ctx, self.blocks, self.prime_len, self.encoder_len)
+        fc = Conv1D(self.hidden, ("embed", "mlp"), self.init_scale, param_dtype=self.param_dtype, name="c_fc")
+        proj = Conv1D(self.width, ("mlp", "embed"), self.init_scale, self.zero_out, self.param_dtype, name="c_proj")
+        return proj(quick_gelu(fc(x)))
 
 
 class FactoredAttention(nn.Module):
     attn_type: str
-    spec: LayerSpec
+    config: TransformerConfig
 
     def setup(self) -> None:
-        s = self.spec
+        c = self.config
         cross = self.attn_type == "cross"
-        self.c_attn = Conv1D(s.n_state if cross else 3 * s.n_state, s.init_scale, param_dtype=s.param_dtype)
+        width = c.n_state if cross else 3 * c.n_state
+        self.c_attn = Conv1D(width, ("embed", "heads"), c.init_scale, param_dtype=c.param_dtype)
         if cross:
-            self.c_enc_kv = Conv1D(2 * s.n_state, s.init_scale, param_dtype=s.param_dtype)
-        zero = s.zero_out or cross  # the original forces zero_out for its enc-dec layers
-        self.c_proj = Conv1D(s.width, s.init_scale, zero, s.param_dtype)
+            self.c_enc_kv = Conv1D(2 * c.n_state, ("embed", "heads"), c.init_scale, param_dtype=c.param_dtype)
+        zero = c.zero_out or cross  # the original forces zero_out for its enc-dec layers
+        self.c_proj = Conv1D(c.width, ("heads", "embed"), c.init_scale, zero, c.param_dtype)
 
     def _qkv(self, x: Array, encoder_kv: Optional[Array]):
         h = self.c_attn(x)
@@ -251,17 +374,23 @@ class FactoredAttention(nn.Module):
             return h, k, v
         return tuple(jnp.split(h, 3, axis=-1))
 
-    def __call__(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, Array]:
-        s = self.spec
+    def attention_weights(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, Array]:
+        """Teacher-forced output and the softmax weights, in the layout the original records."""
+        c = self.config
         q, k, v = self._qkv(x, encoder_kv)
-        n_prime = prime_keys(s.prime_len, s.blocks) if self.attn_type == "prime" else 0
-        a, w = full_attention(self.attn_type, q, k, v, s.heads, s.block_ctx, n_prime)
+        n_prime = prime_keys(c.prime_len, c.blocks) if self.attn_type == "prime" else 0
+        a, w = full_attention(self.attn_type, q, k, v, c.heads, c.block_ctx, n_prime)
         if self.attn_type == "prime":
-            w = w[:, :, s.prime_len :, : s.prime_len]  # what the original records: music queries x lyric keys
+            w = w[:, :, c.prime_len :, : c.prime_len]  # what the original records: music queries x lyric keys
         return self.c_proj(a), w
 
-    def decode(self, x: Array, start: Array, cache: dict, r: Array, encoder_kv: Optional[Array]) -> tuple[Array, dict]:
-        s = self.spec
+    def __call__(self, x: Array, encoder_kv: Optional[Array] = None, cache: Optional[dict] = None,
+                 start: Optional[Array] = None, r: Any = 0) -> tuple[Array, Optional[dict]]:
+        """Without ``cache`` the teacher-forced output; with it, decode positions ``start ..`` against
+        layer ``r`` of the cache arrays and return the updated cache."""
+        if cache is None:
+            return self.attention_weights(x, encoder_kv)[0], None
+        c = self.config
         ck, cv = cache["k"], cache["v"]
         if self.attn_type == "cross":
             q = self.c_attn(x)
@@ -275,203 +404,195 @@ class FactoredAttention(nn.Module):
             k = v = None
         else:
             q, k, v = self._qkv(x, None)
-        a, ck, cv = decode_attention(self.attn_type, q, k, v, ck, cv, r, start, s.heads, s.n_ctx, s.block_ctx)
+        a, ck, cv = decode_attention(self.attn_type, q, k, v, ck, cv, r, start, c.heads, c.n_ctx, c.block_ctx)
         return self.c_proj(a), {"k": ck, "v": cv}
 
 
 class ResAttnBlock(nn.Module):
     attn_type: str
-    spec: LayerSpec
+    config: TransformerConfig
 
     def setup(self) -> None:
-        s = self.spec
-        self.attn = FactoredAttention(self.attn_type, s)
-        self.ln_0 = LayerNorm(param_dtype=s.param_dtype)
-        zero = s.zero_out or self.attn_type == "cross"
-        self.mlp = MLP(s.width, int(s.m_mlp * s.width), s.init_scale, zero, s.param_dtype)
-        self.ln_1 = LayerNorm(param_dtype=s.param_dtype)
+        c = self.config
+        self.attn = FactoredAttention(self.attn_type, c)
+        self.ln_0 = LayerNorm(param_dtype=c.param_dtype)
+        zero = c.zero_out or self.attn_type == "cross"
+        self.mlp = MLP(c.width, int(c.m_mlp * c.width), c.init_scale, zero, c.param_dtype)
+        self.ln_1 = LayerNorm(param_dtype=c.param_dtype)
 
     def _residual(self, x: Array, a: Array) -> Array:
         m = self.mlp(self.ln_1(x + a))
-        if self.spec.res_scale == 1.0:
+        if self.config.residual_scale == 1.0:
             return x + a + m
-        return x + self.spec.res_scale * (a + m)
+        return x + self.config.residual_scale * (a + m)
 
-    def __call__(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, Array]:
-        a, w = self.attn(self.ln_0(x), encoder_kv)
-        return self._residual(x, a), w
-
-    def decode(self, x: Array, start: Array, cache: dict, r: Array, encoder_kv: Optional[Array]) -> tuple[Array, dict]:
-        a, cache = self.attn.decode(self.ln_0(x), start, cache, r, encoder_kv)
+    def __call__(self, x: Array, encoder_kv: Optional[Array] = None, cache: Optional[dict] = None,
+                 start: Optional[Array] = None, r: Any = 0) -> tuple[Array, Optional[dict]]:
+        a, cache = self.attn(self.ln_0(x), encoder_kv, cache, start, r)
         return self._residual(x, a), cache
+
+    def attention_weights(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, Array]:
+        a, w = self.attn.attention_weights(self.ln_0(x), encoder_kv)
+        return self._residual(x, a), w
 
 
 class _Unit(nn.Module):
-    """One copy of a segment's unit of layers: the body of its ``nn.scan``."""
+    """One copy of a scanned run's unit of layers (submodules ``unit_{j}``): the bodies of its
+    ``nn.scan``, one per path. Each takes (carry, per-repeat inputs, encoder_kv, start)."""
 
     unit: tuple[str, ...]
-    spec: LayerSpec
-    decode: bool = False
-    return_attn: bool = False
-    # Feature collection (full forward only). slots[j][r]: where the output of unit j at repeat r goes
-    # in the carried buffer [K + 1, B, T, W] (K = a scratch slot for outputs nobody asked for).
-    slots: Optional[tuple[tuple[int, ...], ...]] = None
-    # Only the first ``limit`` layers of the run execute (a stop inside it); the rest are skipped
-    # by lax.cond. None: all run.
-    limit: Optional[int] = None
+    config: TransformerConfig
 
-    @nn.compact
+    def setup(self) -> None:
+        for j, attn_type in enumerate(self.unit):
+            setattr(self, f"unit_{j}", ResAttnBlock(attn_type, self.config))
+
+    def _blocks(self) -> list[ResAttnBlock]:
+        return [getattr(self, f"unit_{j}") for j in range(len(self.unit))]
+
     def __call__(self, carry, r, encoder_kv, start):
-        blocks = [ResAttnBlock(t, self.spec, name=f"unit_{j}") for j, t in enumerate(self.unit)]
-        if self.decode:
-            x, cache = carry
-            cache = dict(cache)
-            for j, block in enumerate(blocks):
-                x, cache[f"unit_{j}"] = block.decode(x, start, cache[f"unit_{j}"], r, encoder_kv)
-            return (x, cache), None
-        x, buf = carry if self.slots is not None else (carry, None)
+        """Forward / decode: carry (x, the run's cache or None), r the repeat."""
+        x, cache = carry
+        cache = None if cache is None else dict(cache)
+        for j, block in enumerate(self._blocks()):
+            x, new = block(x, encoder_kv, None if cache is None else cache[f"unit_{j}"], start, r)
+            if cache is not None:
+                cache[f"unit_{j}"] = new
+        return (x, cache), None
+
+    def attention_weights(self, x, r, encoder_kv, start):
         ws = []
-        for j, block in enumerate(blocks):
-            if self.limit is not None:
-                runs = -(-(self.limit - j) // len(self.unit))  # repeats in which unit j is before the stop
-                if runs > 0:
-                    x = nn.cond(r < runs, lambda mdl, h: mdl(h, encoder_kv)[0], lambda mdl, h: h, block, x)
+        for block in self._blocks():
+            x, w = block.attention_weights(x, encoder_kv)
+            ws.append(w)
+        return x, tuple(ws)
+
+    def features(self, carry, xs, encoder_kv, start):
+        """carry (x, buffer [K + 1, B, T, W] or None); xs (r, slots [U] or None, active [U] or None):
+        unit j's output goes to buffer slot ``slots[j]``; it runs only where ``active[j]`` (None: all run)."""
+        x, buf = carry
+        r, slots, active = xs
+        for j, block in enumerate(self._blocks()):
+            if active is None:
+                x = block(x, encoder_kv)[0]
             else:
-                x, w = block(x, encoder_kv)
-                ws.append(w)
-            if buf is not None and min(self.slots[j]) < buf.shape[0] - 1:
-                slot = jnp.asarray(self.slots[j], jnp.int32)[r]
-                buf = jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), slot, 0)
-        out = x if buf is None else (x, buf)
-        return out, (tuple(ws) if self.return_attn else None)
+                x = nn.cond(active[j], lambda mdl, h: mdl(h, encoder_kv)[0], lambda mdl, h: h, block, x)
+            if buf is not None:
+                buf = jax.lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), slots[j], 0)
+        return (x, buf), None
 
 
 class Transformer(nn.Module):
-    """The layer stack. ``layout``: the attention type of every layer (``config.attention_layout``)."""
+    """The layer stack of ``config.layout``; ``scan_layers``: scanned runs (the stored tree) or every
+    layer unrolled (the tree of ``unroll_params``)."""
 
-    layout: tuple[str, ...]
-    spec: LayerSpec
+    config: TransformerConfig
+    scan_layers: bool = True
 
-    @property
-    def segments(self) -> tuple[Segment, ...]:
-        return layer_segments(self.layout)
-
-    def init_cache(self, batch: int, dtype: Any) -> dict:
-        """Zero KV caches for every layer (see the module docstring for the tree)."""
-        s, cache = self.spec, {}
-        for seg in self.segments:
-            def zeros(t, rep):
-                shape = (rep, batch, s.cache_length(t), s.n_state)
-                return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
+    def setup(self) -> None:
+        c = self.config
+        if not self.scan_layers:
+            for i, attn_type in enumerate(c.layout):
+                setattr(self, f"layer_{i}", ResAttnBlock(attn_type, c))
+            return
+        for seg in c.segments:
             if seg.scanned:
-                cache[seg.key] = {f"unit_{j}": zeros(t, seg.repeat) for j, t in enumerate(seg.unit)}
+                scanned = nn.scan(
+                    _Unit, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast), length=seg.repeat,
+                    metadata_params={nn.PARTITION_NAME: "layers"},
+                    methods=["__call__", "attention_weights", "features"],
+                )
+                setattr(self, seg.key, scanned(seg.unit, c))
             else:
-                cache[seg.key] = zeros(seg.unit[0], 1)
-        return cache
+                setattr(self, seg.key, ResAttnBlock(seg.unit[0], c))
 
-    def _scan(self, seg: Segment, decode: bool, return_attn: bool, slots: Optional[tuple] = None,
-              limit: Optional[int] = None):
-        scanned = nn.scan(
-            _Unit,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast),
-            length=seg.repeat,
-        )
-        return scanned(seg.unit, self.spec, decode, return_attn, slots, limit, name=seg.key)
+    def __call__(self, x: Array, encoder_kv: Optional[Array] = None, *, cache: Optional[dict] = None,
+                 start: Optional[Array] = None) -> tuple[Array, Optional[dict]]:
+        """Teacher-forced forward (``cache`` None) -> (x, None); decode (``cache`` from ``init_cache``,
+        ``start`` the position of x[:, 0], traced) -> (x, new cache). x comes back in float32."""
+        x = x.astype(self.config.dtype)
+        new = None if cache is None else {key: dict(sub) for key, sub in cache.items()}
+        if not self.scan_layers:
+            # the layers of a scanned run share its stacked cache arrays (layer r of them each): read
+            # them from ``new``, where the previous repeat wrote
+            for i, _, key, unit, r in _layers(self.config.segments):
+                sub = None if new is None else (new[key] if unit is None else new[key][unit])
+                x, sub = getattr(self, f"layer_{i}")(x, encoder_kv, sub, start, jnp.int32(r))
+                if new is not None:
+                    if unit is None:
+                        new[key] = sub
+                    else:
+                        new[key][unit] = sub
+            return x.astype(jnp.float32), new
+        for seg in self.config.segments:
+            layer = getattr(self, seg.key)
+            sub = None if cache is None else cache[seg.key]
+            if seg.scanned:
+                (x, sub), _ = layer((x, sub), jnp.arange(seg.repeat), encoder_kv, start)
+            else:
+                x, sub = layer(x, encoder_kv, sub, start, jnp.int32(0))
+            if new is not None:
+                new[seg.key] = sub
+        return x.astype(jnp.float32), new
 
-    def _is_split(self, seg: Segment) -> bool:
-        """Whether the run's params come split per repeat (``split_repeats``), not stacked."""
-        if self.is_initializing() or not self.has_variable("params", seg.key):
-            return False
-        return "repeat_0" in self.variables["params"][seg.key]["unit_0"]
+    def attention_weights(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, dict[int, Array]]:
+        """Teacher-forced forward -> (float32 x, {layer index: softmax weights})."""
+        x = x.astype(self.config.dtype)
+        weights = {}
+        if not self.scan_layers:
+            for i in range(self.config.depth):
+                x, weights[i] = getattr(self, f"layer_{i}").attention_weights(x, encoder_kv)
+            return x.astype(jnp.float32), weights
+        for seg in self.config.segments:
+            layer = getattr(self, seg.key)
+            if seg.scanned:
+                x, ws = layer.attention_weights(x, jnp.arange(seg.repeat), encoder_kv, None)
+                for j, w in enumerate(ws):
+                    for r in range(seg.repeat):
+                        weights[seg.start + r * len(seg.unit) + j] = w[r]
+            else:
+                x, weights[seg.start] = layer.attention_weights(x, encoder_kv)
+        return x.astype(jnp.float32), weights
 
-    def _decode_split(self, seg: Segment, x: Array, start: Array, cache: dict, encoder_kv: Optional[Array]):
-        """Decode through a run whose params are split per repeat: the layers unrolled, each reading
-        its own weights in place (the scan would copy every layer's weights out of the stack)."""
-        params, cache = self.variables["params"][seg.key], dict(cache)
-        for r in range(seg.repeat):
-            for j, attn_type in enumerate(seg.unit):
-                unit = f"unit_{j}"
-                block = ResAttnBlock(attn_type, self.spec, parent=None)
-                x, cache[unit] = block.apply({"params": params[unit][f"repeat_{r}"]}, x, start, cache[unit],
-                                             jnp.int32(r), encoder_kv, method="decode")
-        return x, cache
-
-    @nn.compact
-    def __call__(
-        self,
-        x: Array,
-        encoder_kv: Optional[Array] = None,
-        return_attn: bool = False,
-        start: Optional[Array] = None,
-        cache: Optional[dict] = None,
-        collect: Optional[Sequence[int]] = None,
-        stop: Optional[int] = None,
-    ):
-        """Full forward (``cache`` None) -> (x, {layer: attention weights} or None);
-        decode (``cache`` given, ``start`` the first position of x) -> (x, cache);
-        features (``collect`` given: layer counts n in 0..depth) -> (x, {n: float32 residual stream
-        after the first n layers}); ``stop``: run only the first ``stop`` layers (x is then the
-        stream after them). Collection and stopping keep one scan per segment: the scan runs over
-        the repeats it needs (a param slice) and writes the asked-for outputs into a carried buffer."""
-        x = x.astype(self.spec.dtype)
-        decode = cache is not None
-        depth = len(self.layout)
+    def features(self, x: Array, encoder_kv: Optional[Array] = None, layers: Sequence[int] = (),
+                 stop: Optional[int] = None) -> dict[int, Array]:
+        """{n: float32 residual stream after the first n layers} for each n in ``layers`` (0..stop),
+        running only the first ``stop`` layers (default all)."""
+        depth = self.config.depth
         stop = depth if stop is None else stop
         if not 0 <= stop <= depth:
             raise ValueError(f"stop must be in 0..{depth}, got {stop}")
-        if (decode or return_attn) and (collect is not None or stop != depth):
-            raise ValueError("collect / stop work only with the plain full forward")
-        want = sorted(set(collect or ()))
+        want = sorted(set(layers))
         if want and not (0 <= want[0] and want[-1] <= stop):
             raise ValueError(f"layers to collect must be in 0..{stop}, got {want}")
+        x = x.astype(self.config.dtype)
         feats = {0: x} if 0 in want else {}
-        weights, new_cache = {}, {}
-        for seg in self.segments:
+        if not self.scan_layers:
+            for i in range(stop):
+                x = getattr(self, f"layer_{i}")(x, encoder_kv)[0]
+                if i + 1 in want:
+                    feats[i + 1] = x
+            return {n: feats[n].astype(jnp.float32) for n in want}
+        for seg in self.config.segments:
             if seg.start >= stop:
                 break
-            if seg.scanned:
-                u, end = len(seg.unit), min(seg.stop, stop)
-                limit = None if end == seg.stop else end - seg.start
-                inside = [n for n in want if seg.start < n <= end]  # n counts layers: output of layer n - 1
-                slots = None
-                if inside:
-                    table = [[len(inside)] * seg.repeat for _ in seg.unit]
-                    for k, n in enumerate(inside):
-                        r, j = divmod(n - 1 - seg.start, u)
-                        table[j][r] = k
-                    slots = tuple(tuple(t) for t in table)
-                if decode and self._is_split(seg):
-                    x, new_cache[seg.key] = self._decode_split(seg, x, start, cache[seg.key], encoder_kv)
-                    continue
-                body = self._scan(seg, decode, return_attn and not decode, slots, limit)
-                idx = jnp.arange(seg.repeat)
-                if decode:
-                    (x, new_cache[seg.key]), _ = body((x, cache[seg.key]), idx, encoder_kv, start)
-                elif slots is not None:
-                    buf = jnp.zeros((len(inside) + 1,) + x.shape, x.dtype)
-                    (x, buf), _ = body((x, buf), idx, encoder_kv, start)
-                    feats.update({n: buf[k] for k, n in enumerate(inside)})
-                else:
-                    x, ws = body(x, idx, encoder_kv, start)
-                    if return_attn:
-                        for j, w in enumerate(ws):
-                            for r in range(seg.repeat):
-                                weights[seg.start + r * len(seg.unit) + j] = w[r]
-            else:
-                block = ResAttnBlock(seg.unit[0], self.spec, name=seg.key)
-                if decode:
-                    x, new_cache[seg.key] = block.decode(x, start, cache[seg.key], jnp.int32(0), encoder_kv)
-                else:
-                    x, w = block(x, encoder_kv)
-                    weights[seg.start] = w
-                    if seg.start + 1 in want:
-                        feats[seg.start + 1] = x
-        x = x.astype(jnp.float32)
-        if decode:
-            return x, new_cache
-        if collect is not None:
-            return x, {n: feats[n].astype(jnp.float32) for n in want}
-        return x, (weights if return_attn else None)
+            layer = getattr(self, seg.key)
+            if not seg.scanned:
+                x = layer(x, encoder_kv)[0]
+                if seg.start + 1 in want:
+                    feats[seg.start + 1] = x
+                continue
+            u = len(seg.unit)
+            index = np.arange(seg.repeat * u).reshape(seg.repeat, u) + seg.start  # layer of (repeat, unit)
+            inside = [n for n in want if seg.start < n <= min(seg.stop, stop)]  # n counts layers: output of n - 1
+            active = None if seg.stop <= stop else jnp.asarray(index < stop)
+            slots, buf = None, None
+            if inside:
+                table = np.full(index.shape, len(inside), np.int32)  # slot K: outputs nobody asked for
+                for k, n in enumerate(inside):
+                    table[np.unravel_index(n - 1 - seg.start, index.shape)] = k
+                slots, buf = jnp.asarray(table), jnp.zeros((len(inside) + 1,) + x.shape, x.dtype)
+            (x, buf), _ = layer.features((x, buf), (jnp.arange(seg.repeat), slots, active), encoder_kv, None)
+            feats.update({n: buf[k] for k, n in enumerate(inside)})
+        return {n: feats[n].astype(jnp.float32) for n in want}

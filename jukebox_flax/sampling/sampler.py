@@ -255,7 +255,7 @@ def sample_window(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, upp
     cond, tokens, filled, cache = _prepare(prior, y, upper, prime, batch, cache)
     if n == 0:
         return np.asarray(prime, np.int32), cache
-    params, cond, tokens, cache = _place(mesh, prior.params, cond, tokens, cache)
+    params, cond, tokens, cache = _place(mesh, prior, cond, tokens, cache)
     state = sampler.prefill(params, cond, tokens, np.int32(filled), cache, key, np.int32(row_offset))
     state = sampler.sample(params, cond, state, np.int32(filled + n), sampling)
     lyric_len = config.prime_len
@@ -279,7 +279,7 @@ def score_tokens(prior: LoadedModel, tokens: Any, y: Any = None, upper: Any = No
         filled = tokens.shape[1]
     else:
         cond, buf, filled, cache = _prepare(prior, y, upper, tokens, None, None)
-    params, cond, buf, cache = _place(mesh, prior.params, cond, buf, cache)
+    params, cond, buf, cache = _place(mesh, prior, cond, buf, cache)
     state = sampler.prefill(params, cond, buf, np.int32(filled), cache, with_logits=True)
     return _to_host(state.logits)[:, :filled]
 
@@ -298,7 +298,7 @@ def sample_prior(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, uppe
     ``row_offset``: the index of the first row in a larger batch (row keys depend on it);
     ``batch``: the number of samples when neither y, upper nor prime gives it.
     ``mesh``: a ``sharding.make_mesh`` mesh: params placed by the sharding rules (a no-op when
-    loaded with ``load_sharded_prior``), batch rows, conditioning and KV cache split over 'data'
+    loaded with ``load_prior(..., mesh=mesh)``), batch rows, conditioning and KV cache split over 'data'
     (the batch must be a multiple of it); the results equal the single-device ones.
     """
     tokens, _ = sample_window(prior, key, n, y, upper, prime, temperature=temperature, top_k=top_k,
@@ -307,12 +307,12 @@ def sample_prior(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, uppe
     return tokens
 
 
-def _place(mesh: Any, params: Any, cond: dict, tokens: Any, cache: Any) -> tuple:
+def _place(mesh: Any, prior: LoadedModel, cond: dict, tokens: Any, cache: Any) -> tuple:
     """Put the window's arrays on ``mesh`` (None: leave them where they are)."""
     if mesh is None:
-        return params, cond, tokens, cache
-    return (shard_params(params, mesh), shard_batch(cond, mesh), shard_batch(tokens, mesh),
-            shard_cache(cache, mesh))
+        return prior.params, cond, tokens, cache
+    return (shard_params(prior.params, mesh, prior.module.param_axes()), shard_batch(cond, mesh),
+            shard_batch(tokens, mesh), shard_cache(cache, mesh))
 
 
 def _to_host(x: Any) -> np.ndarray:

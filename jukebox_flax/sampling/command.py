@@ -211,7 +211,9 @@ def run_sample(args: argparse.Namespace) -> Path:
     elif plan.prime is not None:
         for level, z in enumerate(zs):
             run.save_codes(level, z)
-    priors = {level: load_prior(plan.model, level=level) for level in plan.levels}
+    # Sampling decodes through unrolled layers: the params are unstacked once here, so no decode step
+    # slices a layer's weights out of a scanned stack (MaxText's scan_layers=False for inference).
+    priors = {level: load_prior(plan.model, level=level, scan_layers=False) for level in plan.levels}
 
     def save_level(level: int, zs: list, audio: Any) -> None:
         for b, item in enumerate(np.asarray(audio)):

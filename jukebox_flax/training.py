@@ -1,4 +1,4 @@
-"""Training and fine-tuning: optimizer, checkpoints with resume, metrics, and the two tasks.
+"""Training and fine-tuning: checkpoints with resume, metrics, and the two tasks (the optimizer: ``optim.py``).
 
 The loop is generic over a :class:`Task`:
 
@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +38,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
 
+from .checkpoint import save_model_dir
+from .config import config_from_dict, preset
 from .errors import JukeboxError, TrainingError
+from .optim import OptimConfig, make_optimizer, make_schedule
+from .prior.api import init_prior_params, load_prior
+from .prior.conditioners import check_labels
+from .prior.prior import JukeboxPrior
+from .sharding import param_shardings, shard_batch
+from .vqvae.api import init_vqvae_params, load_vqvae
+from .vqvae.losses import estimate_bandwidth
+from .vqvae.train import init_train_state, make_train_step
+from .vqvae.vqvae import VQVAEModule
 
 __all__ = [
     "TrainingError",
@@ -69,42 +84,6 @@ METRICS_FILE = "metrics.csv"
 
 
 # ------------------------------------------------------------------------------------------------
-# Optimizer
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with linear warm-up, optional linear decay, global-norm clipping (the original's Adam:
-    lr 3e-4, betas (0.9, 0.999), eps 1e-8, warm-up 100 steps, clipping at norm 1)."""
-
-    lr: float = 3e-4
-    warmup_steps: int = 100
-    decay_steps: int = 0  # > 0: decay linearly to lr * final_lr_fraction over this many steps after warm-up
-    final_lr_fraction: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip: float = 1.0  # global gradient norm; <= 0 disables clipping
-
-
-def make_schedule(cfg: OptimConfig) -> optax.Schedule:
-    """The learning rate per step: 0 -> lr over ``warmup_steps`` (none when 0), then constant or linear decay."""
-    decay = (optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.decay_steps)
-             if cfg.decay_steps > 0 else optax.constant_schedule(cfg.lr))
-    if cfg.warmup_steps <= 0:
-        return decay
-    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
-    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
-
-
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """Clipping by global norm, then AdamW on the schedule of :func:`make_schedule`."""
-    adam = optax.adamw(make_schedule(cfg), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip > 0 else adam
-
-
-# ------------------------------------------------------------------------------------------------
 # Checkpoints (every Orbax call of the training loop is here)
 
 
@@ -114,9 +93,6 @@ class TrainCheckpoints:
     kill is never listed, so :meth:`latest_step` is always a complete checkpoint."""
 
     def __init__(self, directory: PathLike, keep: int = 3):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -125,13 +101,12 @@ class TrainCheckpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
-        ocp = self._ocp
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta)))
         self.manager.save(step, args=args, force=True)
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """The state saved at ``step``, with the structure, shapes and dtypes of ``like``."""
-        ocp = self._ocp
+        """The state saved at ``step``, with the structure, shapes, dtypes (and shardings, where
+        given) of ``like``: arrays or ``jax.ShapeDtypeStruct`` (e.g. :meth:`Task.abstract_state`)."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         restored = self.manager.restore(step, args=args)
@@ -224,13 +199,23 @@ def _display_order(values: Mapping[str, float]) -> list[str]:
 @dataclass
 class Task:
     """What :func:`train` trains: see the module docstring. ``meta`` is stored with every
-    checkpoint (JSON); ``schedule`` (optional) is logged as ``lr``."""
+    checkpoint (JSON); ``schedule`` (optional) is logged as ``lr``. ``step`` may donate its state
+    (every task here does), so only the state it returns is valid afterwards. ``abstract``
+    (optional): ``(key, first_batch) ->`` the state as ``jax.ShapeDtypeStruct`` leaves with their
+    shardings, what a resumed run restores into; by default ``jax.eval_shape`` of ``init``."""
 
     init: Callable[[jax.Array, Any], Any]
     step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
     params: Callable[[Any], Any]
     meta: dict = field(default_factory=dict)
     schedule: Optional[optax.Schedule] = None
+    abstract: Optional[Callable[[jax.Array, Any], Any]] = None
+
+    def abstract_state(self, key: jax.Array, batch: Any) -> Any:
+        """The state ``init(key, batch)`` would build, as shapes (no memory is allocated)."""
+        if self.abstract is not None:
+            return self.abstract(key, batch)
+        return jax.eval_shape(lambda k: self.init(k, batch), key)
 
 
 def train(
@@ -254,8 +239,6 @@ def train(
     existing one. A Ctrl-C saves a checkpoint before stopping. ``after_step(step, state)`` (optional)
     runs after every step, its logging and checkpointing (e.g. evaluation hooks).
     """
-    from tqdm import tqdm
-
     if steps < 0 or checkpoint_every < 1 or log_every < 1:
         raise TrainingError("steps must be >= 0, checkpoint_every and log_every >= 1")
     out_dir = Path(out_dir)
@@ -266,10 +249,11 @@ def train(
         checkpoints.close()
         raise TrainingError(f"{out_dir} already holds checkpoints (latest step {latest}); resume or pick another --out")
 
-    state = task.init(init_key, batch_at(0))
     start = 0
-    if latest is not None:
-        state, meta = checkpoints.restore(latest, state)
+    if latest is None:
+        state = task.init(init_key, batch_at(0))
+    else:  # restored straight into the shapes (and shards) of the initial state, never built
+        state, meta = checkpoints.restore(latest, task.abstract_state(init_key, batch_at(0)))
         start = int(meta["data_position"])
         print(f"resumed from {checkpoints.directory / str(latest)} (step {meta['step']})")
     log = MetricsLog(out_dir / METRICS_FILE, resume_step=start, echo=tqdm.write)
@@ -326,7 +310,7 @@ class GradState(NamedTuple):
 
 
 def gradient_task(
-    init_params: Callable[[jax.Array, Any], Any],
+    init_params: Any,
     loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]],
     optim: OptimConfig,
     prepare: Callable[[Any], Any] = lambda batch: batch,
@@ -336,29 +320,45 @@ def gradient_task(
 ) -> Task:
     """A task for any model trained by gradients alone.
 
-    ``init_params(key, first_batch)`` gives the initial params; ``loss_fn(params, inputs, key) ->
+    ``init_params``: a function ``(key, first_batch) -> params`` (traced inside the jitted init, so
+    arrays it closes over are compiled in as constants), or the params themselves (fine-tuning:
+    passed to the init as an argument and copied into the state). ``loss_fn(params, inputs, key) ->
     (loss, metrics)`` is differentiated; ``prepare(batch)`` turns a data batch into the jit inputs
-    (arrays only). The step is jitted once. ``mesh`` (``sharding.make_mesh``): params and optimizer
-    state are placed by the sharding rules and every batch is split over 'data' (data parallel,
-    plus tensor parallel over 'model'); the gradients' all-reduce is XLA's. ``param_axes``: the
+    (arrays only). The step is jitted once and donates the state. ``mesh``
+    (``sharding.make_mesh``): params and optimizer state are created straight into the shards of
+    the sharding rules and every batch is split over 'data' (data parallel, plus tensor parallel
+    over 'model'); the gradients' all-reduce is XLA's. ``param_axes``: the
     params' ``sharding.ParamAxes`` (needed with a mesh).
     """
     optimizer = make_optimizer(optim)
     if mesh is not None:
-        from .sharding import shard_batch, shard_params
-
         prepare_one = prepare
         prepare = lambda batch: shard_batch(prepare_one(batch), mesh)  # noqa: E731
 
-    def init(key: jax.Array, batch: Any) -> GradState:
-        params = init_params(key, batch)
-        if mesh is not None:
-            params = shard_params(params, mesh, param_axes)
-            # the moments' leaf paths end like the params', so the same axes place them
-            return GradState(params, shard_params(optimizer.init(params), mesh, param_axes))
-        return GradState(params, optimizer.init(params))
+    given = None if callable(init_params) else init_params
 
-    @jax.jit
+    def initializer(key: jax.Array, batch: Any) -> Callable[[jax.Array, Any], GradState]:
+        """The init as one jitted function of (key, given params), placed by the rules on a mesh."""
+
+        def new_state(key: jax.Array, given: Any) -> GradState:
+            params = init_params(key, batch) if given is None else given
+            return GradState(params, optimizer.init(params))
+
+        if mesh is None:
+            return jax.jit(new_state)
+        shapes = jax.eval_shape(new_state, key, given)
+        # the moments' leaf paths end like the params', so the same rules place them
+        shardings = GradState(param_shardings(shapes.params, mesh, param_axes),
+                              param_shardings(shapes.opt_state, mesh, param_axes))
+        return jax.jit(new_state, out_shardings=shardings)
+
+    def init(key: jax.Array, batch: Any) -> GradState:
+        return initializer(key, batch)(key, given)
+
+    def abstract(key: jax.Array, batch: Any) -> GradState:
+        return jax.eval_shape(initializer(key, batch), key, given)
+
+    @functools.partial(jax.jit, donate_argnums=0)
     def update(state: GradState, inputs: Any, key: jax.Array) -> tuple[GradState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, inputs, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -371,6 +371,7 @@ def gradient_task(
         params=lambda state: state.params,
         meta=dict(meta or {}),
         schedule=make_schedule(optim),
+        abstract=abstract,
     )
 
 
@@ -403,8 +404,12 @@ def with_param_ema(task: Task, decay: float) -> Task:
         inner, metrics = task.step(state.inner, batch, key)
         return EMAState(inner, average(state.params_ema, task.params(inner))), metrics
 
+    def abstract(key: jax.Array, batch: Any) -> EMAState:
+        inner = task.abstract_state(key, batch)
+        return EMAState(inner, task.params(inner))  # the average has the params' shapes and shards
+
     return Task(init=init, step=step, params=lambda state: state.params_ema,
-                meta=dict(task.meta, param_ema_decay=decay), schedule=task.schedule)
+                meta=dict(task.meta, param_ema_decay=decay), schedule=task.schedule, abstract=abstract)
 
 
 def vqvae_task(
@@ -423,9 +428,6 @@ def vqvae_task(
     ``samples_per_batch`` defaults to batch size x crop samples). ``bandwidth``: the dataset statistics that
     scale the losses (``data_bandwidth``).
     """
-    from .vqvae.api import init_vqvae_params
-    from .vqvae.train import init_train_state, make_train_step
-
     if bandwidth is None:
         raise TrainingError("vqvae_task needs the dataset bandwidth (see data_bandwidth)")
     optimizer = make_optimizer(optim)
@@ -450,8 +452,6 @@ def vqvae_task(
 
 def data_bandwidth(dataset: Any, examples: int = 32, seed: int = 0) -> dict[str, float]:
     """The original ``calculate_bandwidth`` over ``examples`` random crops of ``dataset``."""
-    from .vqvae.losses import estimate_bandwidth
-
     return estimate_bandwidth(dataset.batch(0, examples, seed=seed + 7919).audio)
 
 
@@ -471,11 +471,6 @@ def prior_task(
     level above as ``upper`` (the original ``SimplePrior.forward``), and minimises the prior's loss
     (``JukeboxPrior.loss``: bits per token, plus the lyric loss of lyric models).
     """
-    from .prior.api import init_prior_params
-    from .prior.conditioners import check_labels
-    from .prior.prior import JukeboxPrior
-    from .vqvae.vqvae import VQVAEModule
-
     vq_config = vqvae.config
     if tuple(vq_config.downs_t) != tuple(config.downs_t) or tuple(vq_config.strides_t) != tuple(config.strides_t):
         raise TrainingError("the prior's downs_t/strides_t differ from the VQ-VAE's")
@@ -503,12 +498,11 @@ def prior_task(
         return jnp.asarray(batch.audio), y
 
     def init(key: jax.Array, batch: Any) -> Any:
-        if init_params is not None:
-            return init_params
-        return init_prior_params(config, key)  # jitted, compiled once per config
+        return init_prior_params(config, key)
 
     axes = None if mesh is None else module.param_axes()
-    return gradient_task(init, loss_fn, optim, prepare=prepare, mesh=mesh, param_axes=axes)
+    return gradient_task(init if init_params is None else init_params, loss_fn, optim, prepare=prepare, mesh=mesh,
+                         param_axes=axes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -516,39 +510,29 @@ def prior_task(
 
 
 def load_component(path: PathLike, component: str) -> tuple[Any, Any, Optional[dict]]:
-    """(params, config, vocab) of ``component`` ('vqvae' or 'prior_level_L') in a model directory
-    (the component's own directory or a whole model), checked against the config's param tree."""
-    from .checkpoint import component_dir, load_config, load_params, load_vocab
-    from .config import PriorConfig, VQVAEConfig
-
-    path = component_dir(path, component)
-    config = load_config(path)
+    """(params, config, vocab) in float32 of ``component`` ('vqvae' or 'prior_level_L') in a model
+    directory (the component's own directory or a whole model): ``load_vqvae`` / ``load_prior``."""
     if component == "vqvae":
-        if not isinstance(config, VQVAEConfig):
-            raise TrainingError(f"{path} holds a {type(config).__name__}, not a VQ-VAE")
-        from .vqvae.api import _abstract_params
-
-        expected = _abstract_params(config)
-    else:
-        if not isinstance(config, PriorConfig):
-            raise TrainingError(f"{path} holds a {type(config).__name__}, not a prior")
-        from .prior.api import abstract_prior_params
-
-        expected = abstract_prior_params(config)
-    params = load_params(path, dtype=jnp.float32, expected=expected)
-    return params, config, load_vocab(path)
+        vq = load_vqvae(path, dtype=jnp.float32)
+        return vq.params, vq.config, None
+    level = component.removeprefix("prior_level_")
+    if not level.isdigit():
+        raise TrainingError(f"unknown component {component!r}: 'vqvae' or 'prior_level_L'")
+    prior = load_prior(path, int(level), dtype=jnp.float32)
+    return prior.params, prior.config, prior.vocab
 
 
 def export_model(path: PathLike, params: Any, config: Any, vocab: Optional[dict] = None) -> Path:
     """Write the trained params as a model directory (replacing an older export)."""
-    from .checkpoint import save_model_dir
-
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     return save_model_dir(path, host, config, vocab, overwrite=True)
 
 
 # ------------------------------------------------------------------------------------------------
 # Command-line helpers shared by scripts/train_vqvae.py and scripts/train_prior.py
+
+
+OPTIM_DEFAULTS = OptimConfig()  # the command line's optimizer defaults are the dataclass's
 
 
 def add_training_args(parser: Any) -> None:
@@ -565,12 +549,13 @@ def add_training_args(parser: Any) -> None:
     g.add_argument("--steps", type=int, default=10000, help="total steps (a resumed run continues to this)")
     g.add_argument("--batch", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    g.add_argument("--decay-steps", type=int, default=0, help="linear decay to 0 over this many steps after warm-up")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--b2", type=float, default=0.999)
-    g.add_argument("--clip", type=float, default=1.0, help="global gradient norm (0: no clipping)")
+    g.add_argument("--lr", type=float, default=OPTIM_DEFAULTS.lr)
+    g.add_argument("--warmup", type=int, default=OPTIM_DEFAULTS.warmup_steps, help="linear warm-up steps")
+    g.add_argument("--decay-steps", type=int, default=OPTIM_DEFAULTS.decay_steps,
+                   help="linear decay to 0 over this many steps after warm-up")
+    g.add_argument("--weight-decay", type=float, default=OPTIM_DEFAULTS.weight_decay)
+    g.add_argument("--b2", type=float, default=OPTIM_DEFAULTS.b2)
+    g.add_argument("--clip", type=float, default=OPTIM_DEFAULTS.clip, help="global gradient norm (0: no clipping)")
     g.add_argument("--checkpoint-every", type=int, default=500)
     g.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     g.add_argument("--log-every", type=int, default=10)
@@ -578,6 +563,7 @@ def add_training_args(parser: Any) -> None:
 
 
 def optim_from_args(args: Any) -> OptimConfig:
+    """The :class:`OptimConfig` of the options of :func:`add_training_args`."""
     return OptimConfig(lr=args.lr, warmup_steps=args.warmup, decay_steps=args.decay_steps, b2=args.b2,
                        weight_decay=args.weight_decay, clip=args.clip)
 
@@ -585,10 +571,6 @@ def optim_from_args(args: Any) -> OptimConfig:
 def config_from_args(args: Any, kind: type) -> Any:
     """The config chosen by exactly one of --config / --preset / --init-from (None for --init-from:
     the caller reads the model directory)."""
-    import json
-
-    from .config import config_from_dict, preset
-
     chosen = [name for name in ("config", "preset", "init_from") if getattr(args, name)]
     if len(chosen) != 1:
         raise TrainingError("pass exactly one of --config, --preset and --init-from")
@@ -610,8 +592,6 @@ def config_from_args(args: Any, kind: type) -> Any:
 
 def run_script(main: Callable[[], Any]) -> int:
     """Run a script's ``main``: a user error is one line on stderr and exit status 2."""
-    import sys
-
     try:
         main()
     except JukeboxError as e:

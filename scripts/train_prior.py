@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import jax.numpy as jnp
+
 from jukebox_flax import training
-from jukebox_flax.config import JukeboxConfig, PriorConfig
-from jukebox_flax.checkpoint import load_config
+from jukebox_flax.config import PriorConfig
 from jukebox_flax.data import AudioDataset, labeller_for_songs, read_metadata
 from jukebox_flax.labels import Labeller
+from jukebox_flax.prior.api import load_prior
 from jukebox_flax.vqvae.api import load_vqvae
 
 
@@ -58,14 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     init_params, vocab = None, None
     config = training.config_from_args(args, PriorConfig)
     if config is None:  # --init-from
-        stored = load_config(args.init_from)
-        level = args.level
-        if isinstance(stored, JukeboxConfig) and level is None:
-            level = len(stored.priors) - 1  # a whole model: the top prior unless --level
-        # (a prior's own directory is used as it is; component_dir only descends into whole models)
-        init_params, config, vocab = training.load_component(args.init_from, f"prior_level_{level}")
-        if args.level is not None and config.level != args.level:
-            raise training.TrainingError(f"{args.init_from} holds the level-{config.level} prior, not {args.level}")
+        prior = load_prior(args.init_from, args.level, dtype=jnp.float32)  # a whole model: the top level unless --level
+        init_params, config, vocab = prior.params, prior.config, prior.vocab
 
     songs = read_metadata(args.metadata or _find_metadata(args.data))
     labeller = _labeller(args, config, songs, vocab)

@@ -14,7 +14,7 @@ from jukebox_flax.checkpoint import save_model_dir
 from jukebox_flax.config import PriorConfig
 from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, load_prior
 from jukebox_flax.prior.prior import JukeboxPrior, stack_layers
-from jukebox_flax.prior.train import make_train_step, prior_optimizer
+from jukebox_flax.training import OptimConfig, gradient_task
 from jukebox_flax_convert.hf_config import jukebox_config_from_hf
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.hf_keys import split_hf_state_dict
@@ -170,12 +170,11 @@ def test_train_step_reduces_loss():
     tokens = jnp.asarray(rng.integers(0, c.bins, (2, c.n_ctx)), jnp.int32)
     upper = jnp.asarray(rng.integers(0, c.bins, (2, c.n_ctx // c.cond_downsample)), jnp.int32)
     y = jnp.asarray([[0, 0, 0, 1, 2, -1, -1, -1, -1]] * 2, jnp.int32)
-    opt = prior_optimizer(lr=3e-3, warmup_steps=0)
-    step = make_train_step(JukeboxPrior(c), opt)
-    opt_state = opt.init(params)
-    losses = []
+    loss_fn = lambda p, inputs, key: JukeboxPrior(c).apply({"params": p}, *inputs, method=JukeboxPrior.loss)  # noqa: E731
+    task = gradient_task(params, loss_fn, OptimConfig(lr=3e-3, warmup_steps=0))
+    state, losses = task.init(jax.random.key(0), None), []
     for _ in range(30):
-        params, opt_state, loss, metrics = step(params, opt_state, tokens, y, upper)
-        losses.append(float(loss))
+        state, metrics = task.step(state, (tokens, y, upper), jax.random.key(0))
+        losses.append(float(metrics["loss"]))
     assert np.isfinite(losses).all() and float(metrics["grad_norm"]) > 0
     assert losses[-1] < 0.7 * losses[0], losses

@@ -266,7 +266,8 @@ def test_ema_update_and_dead_code_restart():
 
 
 def test_train_step_loss_falls():
-    from jukebox_flax.vqvae.train import init_train_state, make_optimizer, make_train_step
+    from jukebox_flax.optim import OptimConfig, make_optimizer
+    from jukebox_flax.vqvae.train import init_train_state, make_train_step
 
     config = VQVAEConfig(levels=2, downs_t=(2, 1), strides_t=(2, 2), emb_width=8, l_bins=16, width=8, depth=1,
                          multipliers=(1, 1), multispec_n_fft=(256, 128), multispec_hop_length=(32, 16),
@@ -275,7 +276,7 @@ def test_train_step_loss_falls():
     x = np.stack([0.5 * np.sin(2 * np.pi * f0 * t) for f0 in (440.0, 660.0)])[..., None].astype(np.float32)
     key = jax.random.PRNGKey(0)
     params = init_vqvae_params(config, key)
-    optimizer = make_optimizer(lr=1e-3, warmup_steps=1)
+    optimizer = make_optimizer(OptimConfig(lr=1e-3, warmup_steps=1))
     state = init_train_state(config, params, optimizer, key, x=jnp.asarray(x))
     step = make_train_step(config, optimizer, dict(l1=0.3, l2=0.1, spec=10.0))
     losses = []

@@ -9,6 +9,7 @@ which quantises with the old codebook and then updates it).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -24,7 +25,6 @@ __all__ = [
     "TrainState",
     "split_codebooks",
     "merge_codebooks",
-    "make_optimizer",
     "init_train_state",
     "loss_and_aux",
     "make_train_step",
@@ -57,18 +57,6 @@ def merge_codebooks(net_params: Mapping, codebooks: tuple) -> dict:
     return {**net_params, "bottleneck": {f"level_blocks_{L}": {"k": k} for L, k in enumerate(codebooks)}}
 
 
-def make_optimizer(lr: float = 3e-4, warmup_steps: int = 100, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, clip: float = 1.0, weight_decay: float = 0.0) -> optax.GradientTransformation:
-    """The original's optimizer: global-norm clipping, Adam, linear warm-up (decoupled weight decay).
-
-    A keyword front end to :func:`jukebox_flax.training.make_optimizer`.
-    """
-    from ..training import OptimConfig, make_optimizer as build
-
-    return build(OptimConfig(lr=lr, warmup_steps=int(warmup_steps), b1=b1, b2=b2, eps=eps,
-                             weight_decay=weight_decay, clip=clip))
-
-
 def init_train_state(
     config: VQVAEConfig,
     params: Mapping,
@@ -93,7 +81,10 @@ def init_train_state(
     else:
         tokens = [None if samples_per_batch is None else samples_per_batch // hop for hop in config.hop_lengths]
         ema = tuple(bn.restore_ema_state(k, n) for k, n in zip(codebooks, tokens))
-    return TrainState(net, codebooks, ema, optimizer.init(net), jnp.zeros((), jnp.int32))
+    state = TrainState(net, codebooks, ema, optimizer.init(net), jnp.zeros((), jnp.int32))
+    # The train step donates its state, so every leaf gets its own buffer (init_codebook's k and
+    # k_sum are one array, and ``params`` are the caller's).
+    return jax.tree.map(jnp.copy, state)
 
 
 def loss_and_aux(net_params: Mapping, codebooks: tuple, x: jax.Array, config: VQVAEConfig,
@@ -110,10 +101,14 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     bandwidth: Mapping[str, float],
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """A jitted ``step(state, x [N, T, 1], key) -> (state, metrics)``: gradient step, then EMA codebooks."""
+    """A jitted ``step(state, x [N, T, 1], key) -> (state, metrics)``: gradient step, then EMA codebooks.
+
+    ``state`` is donated (updated in place): use the returned state only. ``optimizer``: see
+    :func:`jukebox_flax.optim.make_optimizer`.
+    """
     bandwidth = {k: float(v) for k, v in bandwidth.items()}
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def step(state: TrainState, x: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
         grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
         (loss, aux), grads = grad_fn(state.net_params, state.codebooks, x, config, bandwidth)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -103,7 +104,7 @@ def component_kind(sd: Mapping[str, Any], where: str) -> str:
     raise ConvertError(f"{where} is not a Jukebox VQ-VAE or prior checkpoint (keys: {first}, ...)")
 
 
-def _read_hps(hps: Union[None, str, Path, Mapping]) -> Optional[dict]:
+def _read_hps(hps: None | str | Path | Mapping) -> dict | None:
     if hps is None or isinstance(hps, Mapping):
         return dict(hps) if hps is not None else None
     try:
@@ -117,7 +118,7 @@ def _read_hps(hps: Union[None, str, Path, Mapping]) -> Optional[dict]:
     return data
 
 
-def _config_from_hps(kind: str, hps: Mapping[str, Any], where: str, vqvae: Optional[VQVAEConfig] = None):
+def _config_from_hps(kind: str, hps: Mapping[str, Any], where: str, vqvae: VQVAEConfig | None = None):
     try:
         if kind == "vqvae":
             return vqvae_config_from_hps(hps)
@@ -179,12 +180,16 @@ def _agreed(file_config: Any, user_config: Any, where: str, given: str) -> Any:
         differ = _differing_fields(file_config, user_config)
         if differ:
             shown = ", ".join(differ[:6]) + (f", ... ({len(differ)} fields)" if len(differ) > 6 else "")
-            raise ConvertError(f"{where}: its own hps differ from {given} in {shown} (file vs given); "
-                               f"the file's hps are used, so drop {given.split()[0]}")
+            raise ConvertError(
+                f"{where}: its own hps differ from {given} in {shown} (file vs given); "
+                f"the file's hps are used, so drop {given.split()[0]}"
+            )
     return file_config
 
 
-def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -> tuple[dict[str, Any], Optional[JukeboxConfig]]:
+def configs_for(
+    source: Source, hps: Any = None, preset: str | None = None
+) -> tuple[dict[str, Any], JukeboxConfig | None]:
     """({component name: config}, whole-model config or None) for everything in ``source``.
 
     Precedence: the file's own ``hps``, else ``hps`` / ``preset``, else the HF ``config.json``.
@@ -203,8 +208,10 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
         where = str(source.path)
         kind = component_kind(sd, where)
         if isinstance(chosen, JukeboxConfig):
-            raise ConvertError(f"--preset {preset} is a whole model; {source.path} is one component "
-                               "(use vqvae, upsampler_level_0/1 or prior_*)")
+            raise ConvertError(
+                f"--preset {preset} is a whole model; {source.path} is one component "
+                "(use vqvae, upsampler_level_0/1 or prior_*)"
+            )
         if chosen is None and hps is not None:
             chosen = _config_from_hps(kind, hps, given)
         if chosen is not None:
@@ -223,15 +230,18 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
     if source.kind == "official_dir":
         missing = [c for c in COMPONENTS if c not in source.state_dicts]
         if missing:
-            raise ConvertError(f"{source.path} lacks {', '.join(m + '.pth.tar' for m in missing)}: a directory "
-                               "is converted as a whole model; convert single files one at a time")
+            raise ConvertError(
+                f"{source.path} lacks {', '.join(m + '.pth.tar' for m in missing)}: a directory "
+                "is converted as a whole model; convert single files one at a time"
+            )
         for name, sd in source.state_dicts.items():
             kind = component_kind(sd, str(source.path / f"{name}.pth.tar"))
             if kind != ("vqvae" if name == "vqvae" else "prior"):
                 raise ConvertError(f"{source.path / (name + '.pth.tar')} holds a {kind}, not a {name}")
         if chosen is not None and not isinstance(chosen, JukeboxConfig):
-            raise ConvertError(f"--preset {preset} is one component; {source.path} is a whole model "
-                               "(use 1b_lyrics, 5b or 5b_lyrics)")
+            raise ConvertError(
+                f"--preset {preset} is one component; {source.path} is a whole model (use 1b_lyrics, 5b or 5b_lyrics)"
+            )
         if hps is not None and not all(isinstance(hps.get(n, {}), Mapping) for n in COMPONENTS):
             raise ConvertError(f"{given} must hold a JSON object {{component: hps}} for a directory")
         configs: dict[str, Any] = {}
@@ -243,12 +253,18 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
             if chosen is not None:
                 user = chosen.vqvae if kind == "vqvae" else chosen.priors[int(name[-1])]
             else:
-                user = (_config_from_hps(kind, user_hps, f"{given} ({name})", configs.get("vqvae"))
-                        if user_hps is not None else None)
+                user = (
+                    _config_from_hps(kind, user_hps, f"{given} ({name})", configs.get("vqvae"))
+                    if user_hps is not None
+                    else None
+                )
             if file_hps is None and user is None:
-                raise ConvertError(f"{where} has no 'hps' entry: pass --preset, "
-                                   "or --hps with a JSON object {component: hps}")
-            file_config = _config_from_hps(kind, file_hps, where, configs.get("vqvae")) if file_hps is not None else None
+                raise ConvertError(
+                    f"{where} has no 'hps' entry: pass --preset, or --hps with a JSON object {{component: hps}}"
+                )
+            file_config = (
+                _config_from_hps(kind, file_hps, where, configs.get("vqvae")) if file_hps is not None else None
+            )
             configs[name] = _agreed(file_config, user, where, given)
             if kind == "prior" and configs[name].level != int(name[-1]):
                 raise ConvertError(f"{where}: its hps say level {configs[name].level}")
@@ -263,7 +279,9 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
                 kind = "vqvae" if name == "vqvae" else "prior"
                 configs[name] = _config_from_hps(kind, hps[name], f"{given} ({name})", configs.get("vqvae"))
             try:
-                chosen = JukeboxConfig(vqvae=configs["vqvae"], priors=tuple(configs[f"prior_level_{l}"] for l in range(3)))
+                chosen = JukeboxConfig(
+                    vqvae=configs["vqvae"], priors=tuple(configs[f"prior_level_{l}"] for l in range(3))
+                )
             except ConfigError as e:
                 raise ConvertError(f"{given}: the components do not form one model: {e}") from None
         if chosen is None:
@@ -280,8 +298,11 @@ def configs_for(source: Source, hps: Any = None, preset: Optional[str] = None) -
         if name != "vqvae":
             configs[name] = _with_bins_from_weights(configs[name], source.state_dicts[name])
     try:
-        whole = JukeboxConfig(vqvae=configs["vqvae"], priors=tuple(configs[f"prior_level_{l}"] for l in range(3)),
-                              **({"hop_fraction": chosen.hop_fraction} if isinstance(chosen, JukeboxConfig) else {}))
+        whole = JukeboxConfig(
+            vqvae=configs["vqvae"],
+            priors=tuple(configs[f"prior_level_{l}"] for l in range(3)),
+            **({"hop_fraction": chosen.hop_fraction} if isinstance(chosen, JukeboxConfig) else {}),
+        )
     except ConfigError as e:
         raise ConvertError(f"{source.path}: the components do not form one model: {e}") from None
     return configs, whole
@@ -298,12 +319,15 @@ def _check_tied(sd: Mapping[str, np.ndarray], config: PriorConfig, where: str) -
         return
     out, emb = sd["prior.x_out.weight"], sd["prior.x_emb.weight"]
     if out.shape != emb.shape or not (np.shares_memory(out, emb) or np.array_equal(out, emb)):
-        raise ConvertError(f"{where}: prior.x_out.weight differs from prior.x_emb.weight, but this prior "
-                           "ties them (merged_decoder=False)")
+        raise ConvertError(
+            f"{where}: prior.x_out.weight differs from prior.x_emb.weight, but this prior "
+            "ties them (merged_decoder=False)"
+        )
 
 
-def params_for(name: str, sd: Mapping[str, np.ndarray], config: Any, where: str,
-               mappings: Optional[Mappings] = None) -> dict:
+def params_for(
+    name: str, sd: Mapping[str, np.ndarray], config: Any, where: str, mappings: Mappings | None = None
+) -> dict:
     """Our params tree (views of ``sd``) for one component."""
     mappings = mappings or default_mappings()
     kind = "vqvae" if name == "vqvae" else "prior"
@@ -341,11 +365,12 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
 # Vocabulary
 
 
-def _vocab_for(config: PriorConfig, ids: Any, vocab: Any) -> Optional[dict]:
+def _vocab_for(config: PriorConfig, ids: Any, vocab: Any) -> dict | None:
     if not config.labels or (ids is None and vocab is None):
         return None
-    shape: dict[str, Any] = dict(n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size,
-                 sample_length=config.sample_length)
+    shape: dict[str, Any] = dict(
+        n_tokens=config.n_tokens, max_bow_genre_size=config.max_bow_genre_size, sample_length=config.sample_length
+    )
     if ids is not None:
         labeller = Labeller.from_ids_dir(ids, version=config.labeller_version, **shape)
     else:
@@ -361,13 +386,13 @@ def convert(
     dst: Any,
     *,
     hps: Any = None,
-    preset: Optional[str] = None,
+    preset: str | None = None,
     dtype: str = "float32",
     ids: Any = None,
     vocab: Any = None,
     trust_pickle: bool = False,
     overwrite: bool = False,
-    mappings: Optional[Mappings] = None,
+    mappings: Mappings | None = None,
 ) -> Path:
     """Convert ``src`` (official file, directory of them, or HF checkpoint) into the model
     directory ``dst``. Returns ``dst``. Raises ConvertError (or another JukeboxError) naming the

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -38,7 +38,7 @@ def state_dict_from_params(params: Any, config: Any) -> dict[str, np.ndarray]:
     return prior_state_dict_from_params(params, config)
 
 
-def _to_torch(sd: dict[str, Any]) -> "OrderedDict[str, Any]":
+def _to_torch(sd: dict[str, Any]) -> OrderedDict[str, Any]:
     import torch
 
     out: OrderedDict = OrderedDict()
@@ -62,7 +62,7 @@ def _save_atomic(obj: Any, out: Path) -> None:
         torch.save(obj, f)
 
 
-def _export_component(model_dir: Path, out: Path, config: Any, vqvae: Optional[VQVAEConfig], mappings=None) -> None:
+def _export_component(model_dir: Path, out: Path, config: Any, vqvae: VQVAEConfig | None, mappings=None) -> None:
     params = jax.tree_util.tree_map(np.asarray, load_params(model_dir))
     sd = (mappings or state_dict_from_params)(params, config)
     _save_atomic({"hps": hps_from_config(config, vqvae), "model": _to_torch(sd)}, out)

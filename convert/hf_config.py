@@ -10,7 +10,8 @@ HF numbers priors top-first (HF level 0 = original level 2); our configs use the
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jukebox_flax.config import JukeboxConfig, LyricEncoderConfig, PriorConfig, VQVAEConfig
 from jukebox_flax.errors import ConfigError
@@ -126,8 +127,14 @@ def jukebox_config_from_hf(cfg: Mapping[str, Any]) -> JukeboxConfig:
     vq = vqvae_config_from_hf(cfg["vqvae_config"])
     shared = {
         k: cfg[k]
-        for k in ("sampling_rate", "timing_dims", "min_duration", "max_duration", "max_nb_genres",
-                  "metadata_conditioning")
+        for k in (
+            "sampling_rate",
+            "timing_dims",
+            "min_duration",
+            "max_duration",
+            "max_nb_genres",
+            "metadata_conditioning",
+        )
         if k in cfg
     }
     priors = [prior_config_from_hf({**p, **shared}, vq) for p in cfg["prior_config_list"]]

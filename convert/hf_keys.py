@@ -21,13 +21,15 @@ original ``prior_level_2``); the VQ-VAE keeps the original level order. Renames,
           ...resnet_block.D.conv1d_{1,2}                           -> ...cond.model.J.0.blocks.D.model.{1,3}
                                                                       (the released upsamplers' '.blocks.')
           encoder.{start_token,embed_tokens,pos_emb,transformer}   -> prime_prior.{start_token,x_emb,...}
-          encoder.proj_in / final_layer_norm / lm_head             -> prime_state_proj (w/b) / prime_state_ln / prime_x_out
+          encoder.proj_in / final_layer_norm / lm_head
+              -> prime_state_proj (w/b) / prime_state_ln / prime_x_out
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +56,7 @@ def hf_prefix(component: str, n_levels: int = 3) -> str:
 # HF -> original
 
 
-def _conv_stack_to_original(head: str, rest: str, block: str, first: int, res: str) -> Optional[str]:
+def _conv_stack_to_original(head: str, rest: str, block: str, first: int, res: str) -> str | None:
     """HF ``{block}.N[.resnet_block.D.conv1d_{1,2}].(weight|bias)`` below an original ``head``:
     ``{head}.{N // 2 + first}.{N % 2}[.{res}.D.model.{1,3}]`` (res: 'model', or the upsamplers' 'blocks')."""
     r = re.fullmatch(rf"{block}\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.(weight|bias)", rest)
@@ -160,7 +162,7 @@ def hf_to_original(key: str, downs_t: Sequence[int] = (3, 2, 2)) -> tuple[str, s
     'priors.0.prior.embed_tokens.weight' -> ('prior_level_2', 'prior.x_emb.weight')."""
     n_levels = len(downs_t)
     if key.startswith("vqvae."):
-        return "vqvae", _vqvae_to_original(key[len("vqvae."):], downs_t)
+        return "vqvae", _vqvae_to_original(key[len("vqvae.") :], downs_t)
     m = re.match(r"priors\.(\d+)\.(.*)", key)
     if m and int(m[1]) < n_levels:
         return f"prior_level_{n_levels - 1 - int(m[1])}", _prior_to_original(m[2])
@@ -182,7 +184,7 @@ def split_hf_state_dict(sd: Mapping[str, np.ndarray], hf_config: Mapping[str, An
 # original -> HF (HF's own converter rules; used by tests and for writing HF-style files)
 
 
-def _conv_stack_to_hf(head: str, rest: str, block: str, first: int, res: str) -> Optional[str]:
+def _conv_stack_to_hf(head: str, rest: str, block: str, first: int, res: str) -> str | None:
     """The inverse of ``_conv_stack_to_original``: ``J.K[.{res}.D.model.{1,3}].(weight|bias)`` below
     an original conv stack -> ``{head}.{block}.{2(J - first) + K}[.resnet_block.D.conv1d_{1,2}]...``."""
     r = re.fullmatch(rf"(\d+)\.(\d+)\.{res}\.(\d+)\.model\.([13])\.(weight|bias)", rest)

@@ -9,7 +9,8 @@ The official checkpoints carry their ``hps``; the core library reads only model 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from jukebox_flax.config import LyricEncoderConfig, PriorConfig, VQVAEConfig
 from jukebox_flax.errors import ConvertError
@@ -53,7 +54,7 @@ def vqvae_config_from_hps(hps: Mapping[str, Any]) -> VQVAEConfig:
     )
 
 
-def prior_config_from_hps(hps: Mapping[str, Any], vqvae: Optional[VQVAEConfig] = None) -> PriorConfig:
+def prior_config_from_hps(hps: Mapping[str, Any], vqvae: VQVAEConfig | None = None) -> PriorConfig:
     """From an original prior hyperparameter dict (names as in ``fixtures/openai/hps_index.json``).
 
     ``vqvae`` supplies the codebook size and down-sampling (the original takes them from the
@@ -123,45 +124,103 @@ def prior_config_from_hps(hps: Mapping[str, Any], vqvae: Optional[VQVAEConfig] =
     )
 
 
-def hps_from_config(config: Any, vqvae: Optional[VQVAEConfig] = None) -> dict:
+def hps_from_config(config: Any, vqvae: VQVAEConfig | None = None) -> dict:
     """Original-style hyperparameters (``hparams.py`` names) that ``prior_config_from_hps`` /
     ``vqvae_config_from_hps`` turn back into ``config``."""
     if isinstance(config, VQVAEConfig):
         v = config
         return dict(
-            levels=v.levels, downs_t=list(v.downs_t), strides_t=list(v.strides_t), emb_width=v.emb_width,
-            l_bins=v.l_bins, width=v.width, depth=v.depth, hvqvae_multipliers=list(v.multipliers),
-            m_conv=v.m_conv, dilation_growth_rate=v.dilation_growth_rate, dilation_cycle=v.dilation_cycle,
-            vqvae_reverse_decoder_dilation=v.reverse_decoder_dilation, zero_out=v.zero_out,
-            res_scale=v.res_scale, l_mu=v.l_mu, commit=v.commit, revival_threshold=v.revival_threshold,
-            loss_fn=v.loss_fn, lmix_l1=v.lmix_l1, lmix_l2=v.lmix_l2, lmix_linf=v.lmix_linf, linf_k=v.linf_k,
-            spectral=v.spectral, multispectral=v.multispectral,
-            multispec_loss_n_fft=list(v.multispec_n_fft), multispec_loss_hop_length=list(v.multispec_hop_length),
-            multispec_loss_window_size=list(v.multispec_window_size), sr=v.sr,
+            levels=v.levels,
+            downs_t=list(v.downs_t),
+            strides_t=list(v.strides_t),
+            emb_width=v.emb_width,
+            l_bins=v.l_bins,
+            width=v.width,
+            depth=v.depth,
+            hvqvae_multipliers=list(v.multipliers),
+            m_conv=v.m_conv,
+            dilation_growth_rate=v.dilation_growth_rate,
+            dilation_cycle=v.dilation_cycle,
+            vqvae_reverse_decoder_dilation=v.reverse_decoder_dilation,
+            zero_out=v.zero_out,
+            res_scale=v.res_scale,
+            l_mu=v.l_mu,
+            commit=v.commit,
+            revival_threshold=v.revival_threshold,
+            loss_fn=v.loss_fn,
+            lmix_l1=v.lmix_l1,
+            lmix_l2=v.lmix_l2,
+            lmix_linf=v.lmix_linf,
+            linf_k=v.linf_k,
+            spectral=v.spectral,
+            multispectral=v.multispectral,
+            multispec_loss_n_fft=list(v.multispec_n_fft),
+            multispec_loss_hop_length=list(v.multispec_hop_length),
+            multispec_loss_window_size=list(v.multispec_window_size),
+            sr=v.sr,
         )
     if not isinstance(config, PriorConfig):
         raise ConvertError(f"cannot export a {type(config).__name__}")
     c = config
-    vq = vqvae or VQVAEConfig(levels=len(c.downs_t), downs_t=c.downs_t, strides_t=c.strides_t, l_bins=c.bins,
-                              multipliers=(1,) * len(c.downs_t))
+    vq = vqvae or VQVAEConfig(
+        levels=len(c.downs_t),
+        downs_t=c.downs_t,
+        strides_t=c.strides_t,
+        l_bins=c.bins,
+        multipliers=(1,) * len(c.downs_t),
+    )
     hps = hps_from_config(vq.replace(l_bins=c.bins, downs_t=c.downs_t, strides_t=c.strides_t))
     hps.update(
-        level=c.level, n_ctx=c.n_ctx, prior_width=c.width, prior_depth=c.depth, heads=c.heads,
-        attn_order=c.attn_order, blocks=c.blocks, init_scale=c.init_scale, m_attn=c.m_attn, m_mlp=c.m_mlp,
-        zero_out=c.zero_out, res_scale=c.res_scale, spread=c.spread,
-        cond_width=c.cond_width, cond_depth=c.cond_depth, cond_m_conv=c.cond_m_conv,
-        cond_dilation_growth_rate=c.cond_dilation_growth_rate, cond_dilation_cycle=c.cond_dilation_cycle,
-        cond_res_scale=c.cond_res_scale, cond_zero_out=c.cond_zero_out,
-        labels=c.labels, labels_v3=c.labels_v3, y_bins=[c.genre_bins, c.artist_bins], t_bins=c.t_bins,
-        max_bow_genre_size=c.max_bow_genre_size, min_duration=c.min_duration, max_duration=c.max_duration,
-        sr=c.sr, single_enc_dec=c.lyrics == "single", use_tokens=c.lyrics != "none",
-        n_tokens=c.n_tokens, n_vocab=c.n_vocab, prime_loss_fraction=c.prime_loss_fraction,
-        merged_decoder=c.merged_decoder, fp16_params=c.fp16_params,
-        alignment_layer=c.alignment_layer, alignment_head=c.alignment_head,
+        level=c.level,
+        n_ctx=c.n_ctx,
+        prior_width=c.width,
+        prior_depth=c.depth,
+        heads=c.heads,
+        attn_order=c.attn_order,
+        blocks=c.blocks,
+        init_scale=c.init_scale,
+        m_attn=c.m_attn,
+        m_mlp=c.m_mlp,
+        zero_out=c.zero_out,
+        res_scale=c.res_scale,
+        spread=c.spread,
+        cond_width=c.cond_width,
+        cond_depth=c.cond_depth,
+        cond_m_conv=c.cond_m_conv,
+        cond_dilation_growth_rate=c.cond_dilation_growth_rate,
+        cond_dilation_cycle=c.cond_dilation_cycle,
+        cond_res_scale=c.cond_res_scale,
+        cond_zero_out=c.cond_zero_out,
+        labels=c.labels,
+        labels_v3=c.labels_v3,
+        y_bins=[c.genre_bins, c.artist_bins],
+        t_bins=c.t_bins,
+        max_bow_genre_size=c.max_bow_genre_size,
+        min_duration=c.min_duration,
+        max_duration=c.max_duration,
+        sr=c.sr,
+        single_enc_dec=c.lyrics == "single",
+        use_tokens=c.lyrics != "none",
+        n_tokens=c.n_tokens,
+        n_vocab=c.n_vocab,
+        prime_loss_fraction=c.prime_loss_fraction,
+        merged_decoder=c.merged_decoder,
+        fp16_params=c.fp16_params,
+        alignment_layer=c.alignment_layer,
+        alignment_head=c.alignment_head,
     )
     if c.encoder is not None:
         e = c.encoder
-        hps.update(prime_width=e.width, prime_depth=e.depth, prime_heads=e.heads, prime_attn_order=e.attn_order,
-                   prime_blocks=e.blocks, prime_init_scale=e.init_scale, prime_m_attn=e.m_attn,
-                   prime_m_mlp=e.m_mlp, prime_zero_out=e.zero_out, prime_res_scale=e.res_scale)
+        hps.update(
+            prime_width=e.width,
+            prime_depth=e.depth,
+            prime_heads=e.heads,
+            prime_attn_order=e.attn_order,
+            prime_blocks=e.blocks,
+            prime_init_scale=e.init_scale,
+            prime_m_attn=e.m_attn,
+            prime_m_mlp=e.m_mlp,
+            prime_zero_out=e.zero_out,
+            prime_res_scale=e.res_scale,
+        )
     return hps

@@ -23,8 +23,9 @@ move), so the released key sets can be checked on ``jax.eval_shape`` trees witho
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,10 @@ def _label_table(c) -> list[KeyEntry]:
     names = [("bow_genre_emb", "genre_emb", c.genre_bins), ("artist_emb", "artist_emb", c.artist_bins)]
     if c.has_timing:
         names += [(n, n, c.t_bins) for n in ("total_length_emb", "absolute_pos_emb", "relative_pos_emb")]
-    return [KeyEntry(f"y_emb.{orig}.emb.weight", root + (ours, "embedding"), "same", (bins, w)) for orig, ours, bins in names]
+    return [
+        KeyEntry(f"y_emb.{orig}.emb.weight", root + (ours, "embedding"), "same", (bins, w))
+        for orig, ours, bins in names
+    ]
 
 
 def _lyric_head_table(c) -> list[KeyEntry]:
@@ -187,16 +191,16 @@ def prior_params_from_state_dict(sd: Mapping[str, Any], config, stack: Callable[
     entries = prior_key_table(c)
     own = {e.key for e in entries}
     problems = [f"missing {k}" for k in sorted(own - set(sd))]
-    problems += [
-        f"unexpected {k}" for k in sorted(sd) if k not in own and not k.startswith(_TRANSFORMER_PREFIXES)
-    ]
+    problems += [f"unexpected {k}" for k in sorted(sd) if k not in own and not k.startswith(_TRANSFORMER_PREFIXES)]
     problems += [
         f"{e.key} has shape {tuple(sd[e.key].shape)}, expected {e.shape}"
         for e in entries
         if e.key in sd and tuple(sd[e.key].shape) != e.shape
     ]
     if c.lyrics != "separate":
-        problems += [f"unexpected {k} (this prior has no lyric encoder)" for k in sorted(sd) if k.startswith("prime_prior.")]
+        problems += [
+            f"unexpected {k} (this prior has no lyric encoder)" for k in sorted(sd) if k.startswith("prime_prior.")
+        ]
     if problems:
         raise PriorKeyError(_problems_message("state dict does not match the prior config", problems))
 
@@ -254,9 +258,7 @@ def prior_state_dict_from_params(params: Mapping[str, Any], config) -> dict[str,
     roots = {"prior", "lyric_encoder"} if c.lyrics == "separate" else {"prior"}
     problems = [f"missing params/{'/'.join(p)}" for p in sorted(wanted - set(flat))]
     problems += [f"missing params/{r}" for r in sorted(roots - set(params))]
-    problems += [
-        f"unexpected params/{'/'.join(p)}" for p in sorted(flat) if p not in wanted and p[0] not in roots
-    ]
+    problems += [f"unexpected params/{'/'.join(p)}" for p in sorted(flat) if p not in wanted and p[0] not in roots]
     problems += [
         f"params/{'/'.join(e.path)} has shape {tuple(flat[e.path].shape)}, expected {_shape_after(e.shape, e.layout)}"
         for e in entries
@@ -264,10 +266,14 @@ def prior_state_dict_from_params(params: Mapping[str, Any], config) -> dict[str,
     ]
     if problems:
         raise PriorKeyError(_problems_message("params do not match the prior config", problems))
-    sd: dict[str, Any] = {e.key: _permute(flat[e.path], e.layout) for e in entries}  # each permutation is its own inverse
+    sd: dict[str, Any] = {
+        e.key: _permute(flat[e.path], e.layout) for e in entries
+    }  # each permutation is its own inverse
     try:
         if c.lyrics == "separate":
-            sd.update(autoregressive_to_torch(params["lyric_encoder"], "prime_prior.", _encoder_layout(c), only_encode=True))
+            sd.update(
+                autoregressive_to_torch(params["lyric_encoder"], "prime_prior.", _encoder_layout(c), only_encode=True)
+            )
         sd.update(autoregressive_to_torch(params["prior"], "prior.", c.attention_layout))
     except (KeyError, IndexError) as e:
         raise PriorKeyError(f"params do not match the prior config: missing {e}") from None

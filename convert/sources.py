@@ -18,7 +18,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -32,8 +32,15 @@ from jukebox_flax.errors import ConvertError
 
 from .hf_keys import split_hf_state_dict
 
-__all__ = ["ConvertError", "Source", "open_source", "load_official_file", "load_hf_state_dict",
-           "release_pages", "COMPONENTS"]
+__all__ = [
+    "ConvertError",
+    "Source",
+    "open_source",
+    "load_official_file",
+    "load_hf_state_dict",
+    "release_pages",
+    "COMPONENTS",
+]
 
 COMPONENTS = ("vqvae", "prior_level_0", "prior_level_1", "prior_level_2")
 OFFICIAL_FILES = {name: f"{name}.pth.tar" for name in COMPONENTS}
@@ -51,8 +58,8 @@ class Source:
     kind: str  # 'official_file' | 'official_dir' | 'hf'
     path: Path
     state_dicts: dict[str, dict[str, np.ndarray]]
-    hps: dict[str, Optional[dict]] = field(default_factory=dict)
-    hf_config: Optional[dict] = None
+    hps: dict[str, dict | None] = field(default_factory=dict)
+    hf_config: dict | None = None
     files: list[Path] = field(default_factory=list)  # memory-mapped files (see release_pages)
 
 
@@ -73,8 +80,7 @@ def _safe_globals() -> list:
     """What the official files may pickle besides tensors and plain containers."""
     allowed: list = [(Hyperparams, "jukebox.hparams.Hyperparams")]
     # numpy scalars / dtypes (metrics and some hps values may be numpy numbers)
-    allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
-                np.dtype]
+    allowed += [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
     allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")]
     return allowed
 
@@ -93,7 +99,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             what = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
             raise ConvertError(
                 f"{path} pickles {what.group(1) if what else 'objects'} outside the allow-list of the "
-                f"official checkpoints; pass --trust-pickle only if you trust this file") from None
+                f"official checkpoints; pass --trust-pickle only if you trust this file"
+            ) from None
         raise ConvertError(f"{path} is not a readable PyTorch checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
         raise ConvertError(f"{path} is truncated or corrupt ({_first_line(e)})") from None
@@ -122,11 +129,11 @@ def _state_dict_to_numpy(sd: Any, where: Path) -> dict[str, np.ndarray]:
         if not isinstance(value, torch.Tensor):
             raise ConvertError(f"{where}: entry {key!r} of the state dict is a {type(value).__name__}, not a tensor")
         # DataParallel / DistributedDataParallel checkpoints prefix every key with 'module.'
-        out[key[len("module."):] if key.startswith("module.") else key] = tensor_to_numpy(value)
+        out[key[len("module.") :] if key.startswith("module.") else key] = tensor_to_numpy(value)
     return out
 
 
-def load_official_file(path: Path, trust_pickle: bool = False) -> tuple[dict[str, np.ndarray], Optional[dict]]:
+def load_official_file(path: Path, trust_pickle: bool = False) -> tuple[dict[str, np.ndarray], dict | None]:
     """(state dict, hps) of one official checkpoint (a dict with 'model' and usually 'hps')."""
     ckpt = _torch_load(path, trust_pickle)
     if isinstance(ckpt, dict) and "model" in ckpt:
@@ -143,9 +150,18 @@ def load_official_file(path: Path, trust_pickle: bool = False) -> tuple[dict[str
 # ------------------------------------------------------------------------------------------------
 # Hugging Face checkpoints
 
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                       "BOOL": "bool"}
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -182,7 +198,7 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise ConvertError(f"{path}: bad header entry for {key!r}") from None
         if data_start + end > size or end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise ConvertError(f"{path} is truncated or corrupt (tensor {key!r} runs past the end)")
-        out[key] = mm[data_start + begin:data_start + end].view(dtype).reshape(shape)
+        out[key] = mm[data_start + begin : data_start + end].view(dtype).reshape(shape)
     return out
 
 
@@ -243,15 +259,19 @@ def open_source(path: Any, trust_pickle: bool = False) -> Source:
         except json.JSONDecodeError as e:
             raise ConvertError(f"{path / 'config.json'} is not valid JSON: {e}") from None
         if hf_config.get("model_type") not in ("jukebox", "jukebox_vqvae", "jukebox_prior"):
-            raise ConvertError(f"{path} is a Hugging Face checkpoint of model_type "
-                               f"{hf_config.get('model_type')!r}, not a Jukebox model")
+            raise ConvertError(
+                f"{path} is a Hugging Face checkpoint of model_type "
+                f"{hf_config.get('model_type')!r}, not a Jukebox model"
+            )
         sd, files = load_hf_state_dict(path)
         state_dicts = split_hf_state_dict(sd, hf_config)
         return Source("hf", path, state_dicts, {k: None for k in state_dicts}, hf_config, files)
     found = {name: path / file for name, file in OFFICIAL_FILES.items() if (path / file).is_file()}
     if not found:
-        raise ConvertError(f"{path} holds neither official checkpoints ({', '.join(OFFICIAL_FILES.values())}) "
-                           "nor a Hugging Face checkpoint (config.json + weights)")
+        raise ConvertError(
+            f"{path} holds neither official checkpoints ({', '.join(OFFICIAL_FILES.values())}) "
+            "nor a Hugging Face checkpoint (config.json + weights)"
+        )
     state_dicts, hps = {}, {}
     for name, file in found.items():
         state_dicts[name], hps[name] = load_official_file(file, trust_pickle)

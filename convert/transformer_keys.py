@@ -21,7 +21,8 @@ i = a + r * len(unit) + j; a single layer at ``layer_{i}`` (``transformer.layer_
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

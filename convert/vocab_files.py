@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from jukebox_flax.errors import LabelError
 
 __all__ = ["read_id_file", "read_ids_dir", "read_hf_vocab", "HF_FILES"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 HF_FILES = ("artists.json", "genres.json", "lyrics.json")
 _HF_V2_SUFFIX = ".v2"
 _VERSIONS = ("v2", "v3")
@@ -70,7 +71,7 @@ def _read_json(path: Path) -> Any:
         raise LabelError(f"{path} is not valid JSON: {e}") from None
 
 
-def read_hf_vocab(path: PathLike, version: Optional[str] = None) -> dict[str, Any]:
+def read_hf_vocab(path: PathLike, version: str | None = None) -> dict[str, Any]:
     """The tables of Hugging Face tokenizer files: a directory with ``artists.json``,
     ``genres.json``, ``lyrics.json`` (or one of those files), or a single JSON with
     ``artists``/``genres``/``lyrics`` dicts. Their tables hold both versions; ``version`` picks one
@@ -98,8 +99,9 @@ def read_hf_vocab(path: PathLike, version: Optional[str] = None) -> dict[str, An
     return _hf_tables(artists, genres, lyrics, config, version, str(path))
 
 
-def _hf_tables(artists: Any, genres: Any, lyrics: Any, config: Mapping[str, Any], version: Optional[str],
-               where: str) -> dict[str, Any]:
+def _hf_tables(
+    artists: Any, genres: Any, lyrics: Any, config: Mapping[str, Any], version: str | None, where: str
+) -> dict[str, Any]:
     for name, table in (("artists", artists), ("genres", genres), ("lyrics", lyrics)):
         if not isinstance(table, dict):
             raise LabelError(f"{where}: {name} must be a JSON object of name -> id")

@@ -15,7 +15,8 @@ Conv1d weights ``[out, in, k]`` and ConvTranspose1d weights ``[in, out, k]`` bot
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,8 @@ _LEAF_TO_TORCH = {v: k for k, v in _LEAF_TO_FLAX.items()}
 
 
 def flax_path(key: str) -> tuple[str, ...]:
-    """``'encoders.0.level_blocks.0.model.0.1.weight'`` -> ``('encoders_0', 'level_blocks_0', 'model_0_1', 'kernel')``."""
+    """``'encoders.0.level_blocks.0.model.0.1.weight'``
+    -> ``('encoders_0', 'level_blocks_0', 'model_0_1', 'kernel')``."""
     parts = key.split(".")
     *body, leaf = parts
     path: list[str] = []
@@ -82,13 +84,15 @@ def _expected_shapes(config: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
     return vqvae_param_shapes(config)
 
 
-def _check(found: Mapping[tuple[str, ...], tuple[int, ...]], expected: Mapping[tuple[str, ...], tuple[int, ...]],
-           name: Any) -> None:
+def _check(
+    found: Mapping[tuple[str, ...], tuple[int, ...]], expected: Mapping[tuple[str, ...], tuple[int, ...]], name: Any
+) -> None:
     problems = [f"missing {name(p)} {expected[p]}" for p in sorted(set(expected) - set(found))]
     problems += [f"unexpected {name(p)}" for p in sorted(set(found) - set(expected))]
     problems += [
         f"{name(p)} has shape {found[p]}, expected {expected[p]}"
-        for p in sorted(set(found) & set(expected)) if tuple(found[p]) != tuple(expected[p])
+        for p in sorted(set(found) & set(expected))
+        if tuple(found[p]) != tuple(expected[p])
     ]
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... ({len(problems)} problems)" if len(problems) > 10 else "")
@@ -103,7 +107,7 @@ def vqvae_params_from_state_dict(sd: Mapping[str, np.ndarray], config: Any, dtyp
     """
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for key, value in sd.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
         flat[flax_path(key)] = np.asarray(value)
     # keys and shapes first: an unexpected tensor of another rank is named, not transposed
     expected = _expected_shapes(config)

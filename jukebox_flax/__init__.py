@@ -14,11 +14,28 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    **{name: ".errors" for name in (
-        "JukeboxError", "ConfigError", "CheckpointError", "AudioError", "DataError", "LabelError", "TrainingError",
-        "ShardingError", "SamplingError", "EmbedError", "VQVAEInputError", "PriorInputError", "PriorCallError",
-        "ConvertError", "StateDictError", "PriorKeyError", "VQVAEKeyError",
-    )},
+    **{
+        name: ".errors"
+        for name in (
+            "JukeboxError",
+            "ConfigError",
+            "CheckpointError",
+            "AudioError",
+            "DataError",
+            "LabelError",
+            "TrainingError",
+            "ShardingError",
+            "SamplingError",
+            "EmbedError",
+            "VQVAEInputError",
+            "PriorInputError",
+            "PriorCallError",
+            "ConvertError",
+            "StateDictError",
+            "PriorKeyError",
+            "VQVAEKeyError",
+        )
+    },
     "VQVAEConfig": ".config",
     "PriorConfig": ".config",
     "LyricEncoderConfig": ".config",

@@ -15,12 +15,13 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_dir"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _umask() -> int:
@@ -50,7 +51,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb", encoding: Optional[str] = None) -> Iterator[IO[Any]]:
+def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """An open file (``mode`` 'wb' or 'w') that replaces ``path`` only once the block finishes.
 
     The parent folder is created if missing. On an exception the temporary file is removed and

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import soundfile as sf
@@ -25,7 +24,7 @@ from .errors import AudioError
 
 __all__ = ["AudioError", "SAMPLE_RATE", "load_audio", "save_wav", "resample"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 SAMPLE_RATE = 44100
 SOXR_QUALITY = "HQ"  # soxr's "high quality" preset
 _SUBTYPES = {"PCM_16": "PCM_16", "FLOAT": "FLOAT", "PCM_24": "PCM_24"}
@@ -43,7 +42,7 @@ def load_audio(
     sr: int = SAMPLE_RATE,
     mono: bool = True,
     offset: float = 0.0,
-    duration: Optional[float] = None,
+    duration: float | None = None,
 ) -> np.ndarray:
     """Read an audio file as float32 in [-1, 1] at ``sr``: [T] when ``mono`` else [T, C].
 

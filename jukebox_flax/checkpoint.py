@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,7 +37,7 @@ __all__ = [
     "save_whole_model_dir",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -70,7 +71,7 @@ def save_model_dir(
     path: PathLike,
     params: Any,
     config: Any,
-    vocab: Optional[dict] = None,
+    vocab: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a component directory atomically (into a temporary sibling, then renamed).
@@ -83,9 +84,9 @@ def save_model_dir(
 
 def save_whole_model_dir(
     path: PathLike,
-    components: dict[str, tuple[Any, Any, Optional[dict]]],
+    components: dict[str, tuple[Any, Any, dict | None]],
     config: JukeboxConfig,
-    vocab: Optional[dict] = None,
+    vocab: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a whole-model directory atomically: ``config.json`` (a JukeboxConfig), optional
@@ -122,8 +123,13 @@ class LazyArray:
     time, which is how the converter streams multi-GB checkpoints.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: Any, load: Callable[[], np.ndarray],
-                 release: Optional[Callable[[], None]] = None):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: Any,
+        load: Callable[[], np.ndarray],
+        release: Callable[[], None] | None = None,
+    ):
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.load = load
@@ -148,6 +154,7 @@ class LazyArray:
 def _host_checkpointer():
     """An Orbax checkpointer that writes numpy leaves without copying them and LazyArray leaves
     one at a time (Orbax's default deep-copies every host array first, doubling memory)."""
+
     class HostArrayHandler(type_handlers.NumpyHandler):
         def __init__(self):
             super().__init__(deepcopy_host_arrays=False)
@@ -167,8 +174,10 @@ def _host_checkpointer():
                 try:
                     array = value.load() if isinstance(value, LazyArray) else value
                     if array.shape != tuple(value.shape) or array.dtype != value.dtype:
-                        raise CheckpointError(f"{info.name}: produced {array.dtype}{list(array.shape)}, "
-                                              f"declared {value.dtype}{list(value.shape)}")
+                        raise CheckpointError(
+                            f"{info.name}: produced {array.dtype}{list(array.shape)}, "
+                            f"declared {value.dtype}{list(value.shape)}"
+                        )
                     await type_handlers.NumpyHandler._background_serialize(self, [array], [info], [arg])
                     del array
                     if isinstance(value, LazyArray):
@@ -182,16 +191,20 @@ def _host_checkpointer():
 
         async def serialize(self, values, infos, args=None):
             args = args or [ocp.SaveArgs()] * len(values)
-            return [future.CommitFutureAwaitingContractedSignals(
-                self._background_serialize(values, infos, args), name="host_array_writer")]
+            return [
+                future.CommitFutureAwaitingContractedSignals(
+                    self._background_serialize(values, infos, args), name="host_array_writer"
+                )
+            ]
 
     handler = HostArrayHandler()
     registry = type_handlers.create_type_handler_registry(
-        (LazyArray, handler), (np.ndarray, handler), (jax.Array, type_handlers.ArrayHandler()))
+        (LazyArray, handler), (np.ndarray, handler), (jax.Array, type_handlers.ArrayHandler())
+    )
     return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
 
 
-def write_component(path: Path, params: Any, config: Any, vocab: Optional[dict] = None) -> None:
+def write_component(path: Path, params: Any, config: Any, vocab: dict | None = None) -> None:
     """Write params, config and vocab into an existing (empty) directory ``path``."""
     path = Path(path).absolute()
     leaves = jax.tree_util.tree_leaves(params)
@@ -222,7 +235,7 @@ def load_config(path: PathLike):
         raise CheckpointError(f"{file}: {e}") from None
 
 
-def load_vocab(path: PathLike) -> Optional[dict]:
+def load_vocab(path: PathLike) -> dict | None:
     file = Path(path) / VOCAB_FILE
     return json.loads(file.read_text()) if file.is_file() else None
 
@@ -243,7 +256,7 @@ def param_metadata(path: PathLike) -> Any:
 def load_params(
     path: PathLike,
     dtype: Any = None,
-    sharding: Optional[Callable[[tuple[str, ...], tuple[int, ...]], Any]] = None,
+    sharding: Callable[[tuple[str, ...], tuple[int, ...]], Any] | None = None,
     expected: Any = None,
 ) -> Any:
     """Restore the params of a component directory.
@@ -277,8 +290,10 @@ def check_tree(stored: Any, expected: Any, where: str = "checkpoint") -> None:
     """Raise CheckpointError naming every missing, unexpected or mis-shaped entry."""
 
     def flat(tree):
-        return {name: tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
-                for name, leaf in tree_paths(tree).items()}
+        return {
+            name: tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+            for name, leaf in tree_paths(tree).items()
+        }
 
     have, want = flat(stored), flat(expected)
     problems = [f"missing {k}" for k in sorted(set(want) - set(have))]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .embed import run_embed
@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     vocab = p.add_mutually_exclusive_group()
     vocab.add_argument("--ids", help="directory of the original artist/genre id lists")
     vocab.add_argument("--vocab", help="a Hugging Face vocab.json")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow arbitrary pickled objects in official checkpoints (only for files you trust)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in official checkpoints (only for files you trust)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=_cmd_convert)
 
@@ -108,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--levels", type=int, default=None, help="how many levels to sample, from the top (default all)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--temperature", type=float, nargs="+", default=None,
-                   help="one value, or one per level from the top")
+    p.add_argument(
+        "--temperature", type=float, nargs="+", default=None, help="one value, or one per level from the top"
+    )
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
@@ -119,8 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="one feature vector per audio file from a prior's activations (MIR)")
     p.add_argument("--model", required=True, help="a whole-model directory")
-    p.add_argument("--layer", type=_int_list, required=True, metavar="N[,N...]",
-                   help="layer(s) N: the residual stream after the first N layers (MIR recipe: 36 of 72)")
+    p.add_argument(
+        "--layer",
+        type=_int_list,
+        required=True,
+        metavar="N[,N...]",
+        help="layer(s) N: the residual stream after the first N layers (MIR recipe: 36 of 72)",
+    )
     p.add_argument("--pool", choices=("mean", "max"), default="mean", help="over time and windows")
     p.add_argument("--out", required=True, help="the .npz to write")
     p.add_argument("--level", type=int, default=None, help="which prior (default the top level)")
@@ -136,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

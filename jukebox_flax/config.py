@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from .errors import ConfigError
 
@@ -70,6 +71,7 @@ _ATTN_ORDERS: dict[int, Callable[[int], int]] = {
     11: lambda d: [6, 6, 0][d % 3] if d % 16 == 15 else [1, 2, 3][d % 3],
     12: lambda d: [7, 7, 0][d % 3] if d % 16 == 15 else [1, 2, 3][d % 3],
 }
+
 
 def attention_layout(attn_order: int, depth: int) -> tuple[str, ...]:
     """The attention type of every layer (names from ``ATTENTION_NAMES``) for an ``attn_order``."""
@@ -151,7 +153,7 @@ class VQVAEConfig(_JsonMixin):
     multipliers: tuple[int, ...] = (2, 1, 1)  # original `hvqvae_multipliers`
     m_conv: float = 1.0
     dilation_growth_rate: int = 3
-    dilation_cycle: Optional[int] = None
+    dilation_cycle: int | None = None
     reverse_decoder_dilation: bool = True
     zero_out: bool = False
     res_scale: bool = False
@@ -247,7 +249,7 @@ class PriorConfig(_JsonMixin):
     m_mlp: float = 1.0
     zero_out: bool = False
     res_scale: bool = False
-    spread: Optional[int] = None
+    spread: int | None = None
     bins: int = 2048  # music codebook size (the VQ-VAE's l_bins)
     # the VQ-VAE's down-sampling (sets hop length and the upsampler's x4 conditioning)
     downs_t: tuple[int, ...] = (3, 2, 2)
@@ -257,7 +259,7 @@ class PriorConfig(_JsonMixin):
     cond_depth: int = 3
     cond_m_conv: float = 1.0
     cond_dilation_growth_rate: int = 1
-    cond_dilation_cycle: Optional[int] = None
+    cond_dilation_cycle: int | None = None
     cond_res_scale: bool = False
     cond_zero_out: bool = False
     # labels: artist, genre and (top level) timing
@@ -267,20 +269,20 @@ class PriorConfig(_JsonMixin):
     artist_bins: int = 4111
     t_bins: int = 128
     max_bow_genre_size: int = 5
-    min_duration: Optional[float] = None
-    max_duration: Optional[float] = None
+    min_duration: float | None = None
+    max_duration: float | None = None
     sr: int = 44100
     # lyrics
     lyrics: str = "none"
     n_tokens: int = 0
     n_vocab: int = 80
-    encoder: Optional[LyricEncoderConfig] = None
+    encoder: LyricEncoderConfig | None = None
     prime_loss_fraction: float = _training_only(0.0)  # weight of the lyric encoder's loss
     # output head
     merged_decoder: bool = False  # True: untied x_out and no conditioning re-added after the transformer
     fp16_params: bool = _training_only(False)  # the original stored these params in fp16 while training
-    alignment_layer: Optional[int] = None
-    alignment_head: Optional[int] = None
+    alignment_layer: int | None = None
+    alignment_head: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, Mapping):
@@ -433,41 +435,93 @@ def config_from_dict(data: Mapping[str, Any]):
 # ----------------------------------------------------------------------------------------------
 # Released presets (openai/jukebox hparams.py)
 
-_V2_LABELS: dict[str, Any] = dict(labels_v3=False, genre_bins=120, artist_bins=4111, t_bins=128, max_bow_genre_size=5,
-                                  n_vocab=80)
-_V3_LABELS: dict[str, Any] = dict(labels_v3=True, genre_bins=604, artist_bins=7898, t_bins=64, max_bow_genre_size=1,
-                                  n_vocab=79)
+_V2_LABELS: dict[str, Any] = dict(
+    labels_v3=False, genre_bins=120, artist_bins=4111, t_bins=128, max_bow_genre_size=5, n_vocab=80
+)
+_V3_LABELS: dict[str, Any] = dict(
+    labels_v3=True, genre_bins=604, artist_bins=7898, t_bins=64, max_bow_genre_size=1, n_vocab=79
+)
 
 
 def _upsampler(level: int) -> PriorConfig:
     return PriorConfig(
-        level=level, n_ctx=8192, width=1920, depth=72, heads=1, attn_order=2, blocks=128, init_scale=0.4,
-        cond_width=1024, cond_depth=16, cond_dilation_growth_rate=3, cond_dilation_cycle=8,
-        cond_res_scale=(level == 1), **_V2_LABELS,
+        level=level,
+        n_ctx=8192,
+        width=1920,
+        depth=72,
+        heads=1,
+        attn_order=2,
+        blocks=128,
+        init_scale=0.4,
+        cond_width=1024,
+        cond_depth=16,
+        cond_dilation_growth_rate=3,
+        cond_dilation_cycle=8,
+        cond_res_scale=(level == 1),
+        **_V2_LABELS,
     )
 
 
 def _prior_5b() -> PriorConfig:
     return PriorConfig(
-        level=2, n_ctx=8192, width=4800, depth=72, heads=8, attn_order=2, blocks=128, init_scale=0.1,
-        min_duration=60.0, max_duration=600.0, merged_decoder=True, fp16_params=True, **_V2_LABELS,
+        level=2,
+        n_ctx=8192,
+        width=4800,
+        depth=72,
+        heads=8,
+        attn_order=2,
+        blocks=128,
+        init_scale=0.1,
+        min_duration=60.0,
+        max_duration=600.0,
+        merged_decoder=True,
+        fp16_params=True,
+        **_V2_LABELS,
     )
 
 
 def _prior_5b_lyrics() -> PriorConfig:
     return PriorConfig(
-        level=2, n_ctx=8192, width=4800, depth=79, heads=8, attn_order=10, blocks=128, init_scale=0.1,
-        min_duration=23.8, max_duration=600.0, merged_decoder=True, fp16_params=True,
-        lyrics="separate", n_tokens=512, encoder=LyricEncoderConfig(), prime_loss_fraction=0.4,
-        alignment_layer=68, alignment_head=2, **_V2_LABELS,
+        level=2,
+        n_ctx=8192,
+        width=4800,
+        depth=79,
+        heads=8,
+        attn_order=10,
+        blocks=128,
+        init_scale=0.1,
+        min_duration=23.8,
+        max_duration=600.0,
+        merged_decoder=True,
+        fp16_params=True,
+        lyrics="separate",
+        n_tokens=512,
+        encoder=LyricEncoderConfig(),
+        prime_loss_fraction=0.4,
+        alignment_layer=68,
+        alignment_head=2,
+        **_V2_LABELS,
     )
 
 
 def _prior_1b_lyrics() -> PriorConfig:
     return PriorConfig(
-        level=2, n_ctx=6144, width=2048, depth=72, heads=2, attn_order=12, blocks=64, init_scale=0.2,
-        min_duration=17.84, max_duration=600.0, lyrics="single", n_tokens=384, prime_loss_fraction=0.4,
-        alignment_layer=63, alignment_head=0, **_V3_LABELS,
+        level=2,
+        n_ctx=6144,
+        width=2048,
+        depth=72,
+        heads=2,
+        attn_order=12,
+        blocks=64,
+        init_scale=0.2,
+        min_duration=17.84,
+        max_duration=600.0,
+        lyrics="single",
+        n_tokens=384,
+        prime_loss_fraction=0.4,
+        alignment_layer=63,
+        alignment_head=0,
+        **_V3_LABELS,
     )
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .labels import V2_ALPHABET, V3_ALPHABET, Labeller, artist_key, genre_keys
 
 __all__ = ["DataError", "Song", "Batch", "read_metadata", "labeller_for_songs", "AudioDataset"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 COLUMNS = ("file", "artist", "genre", "lyrics")
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 
@@ -54,7 +54,7 @@ class Batch:
     ``song`` the song index and ``offset`` the crop start in samples, int64 [B]."""
 
     audio: np.ndarray
-    y: Optional[np.ndarray]
+    y: np.ndarray | None
     song: np.ndarray
     offset: np.ndarray
 
@@ -84,8 +84,11 @@ def read_metadata(path: PathLike) -> list[Song]:
         if not isinstance(row, dict) or any(not isinstance(row.get(c), str) or not row[c] for c in COLUMNS[:3]):
             raise DataError(f"{path}:{number}: every row needs non-empty 'file', 'artist' and 'genre'")
         file = Path(row["file"])
-        songs.append(Song(file if file.is_absolute() else path.parent / file, row["artist"], row["genre"],
-                          row.get("lyrics") or ""))
+        songs.append(
+            Song(
+                file if file.is_absolute() else path.parent / file, row["artist"], row["genre"], row.get("lyrics") or ""
+            )
+        )
     if not songs:
         raise DataError(f"{path} lists no songs")
     return songs
@@ -95,7 +98,7 @@ def labeller_for_songs(
     songs: Sequence[Song],
     version: str = "v2",
     n_tokens: int = 0,
-    max_bow_genre_size: Optional[int] = None,
+    max_bow_genre_size: int | None = None,
     sample_length: int = 0,
 ) -> Labeller:
     """A new vocabulary for training from scratch: ids 1.. for the dataset's artists and genre words
@@ -128,7 +131,7 @@ class AudioDataset:
         self,
         songs: Sequence[Song],
         sample_length: int,
-        labeller: Optional[Labeller] = None,
+        labeller: Labeller | None = None,
         sr: int = SAMPLE_RATE,
         cache: bool = True,
     ):
@@ -155,10 +158,10 @@ class AudioDataset:
         cls,
         folder: PathLike,
         sample_length: int,
-        metadata: Optional[PathLike] = None,
-        labeller: Optional[Labeller] = None,
+        metadata: PathLike | None = None,
+        labeller: Labeller | None = None,
         **kwargs,
-    ) -> "AudioDataset":
+    ) -> AudioDataset:
         """The dataset of ``folder``: ``metadata`` defaults to its ``metadata.csv`` or ``metadata.jsonl``."""
         folder = Path(folder)
         if metadata is None:
@@ -193,7 +196,7 @@ class AudioDataset:
             self._audio[index] = audio
         return audio
 
-    def crop(self, index: int, offset: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def crop(self, index: int, offset: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``sample_length`` samples of song ``index`` from ``offset`` (zero-padded) and its label."""
         audio = self.audio(index)
         out = np.zeros(self.sample_length, np.float32)
@@ -217,7 +220,7 @@ class AudioDataset:
             x, y = self.crop(int(index), int(offsets[i]))
             audio.append(x)
             ys.append(y)
-        y = np.stack(ys).astype(np.int32) if self.labeller is not None else None
+        y = np.stack([np.asarray(v) for v in ys]).astype(np.int32) if self.labeller is not None else None
         return Batch(np.stack(audio)[:, :, None], y, songs.astype(np.int64), offsets)
 
     def batches(self, batch_size: int, seed: int = 0, start: int = 0) -> Iterator[Batch]:

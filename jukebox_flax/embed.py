@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ from .errors import EmbedError, JukeboxError
 
 __all__ = ["EmbedError", "EmbedResult", "Window", "plan_windows", "embed_files", "run_embed", "POOLS"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 POOLS = ("mean", "max")
 
 
@@ -86,22 +87,30 @@ class EmbedResult:
     seconds: np.ndarray  # [F]
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    window_embeddings: Optional[np.ndarray] = None  # [N, L, W]
-    window_file: Optional[np.ndarray] = None
-    window_start: Optional[np.ndarray] = None
-    window_tokens: Optional[np.ndarray] = None
+    window_embeddings: np.ndarray | None = None  # [N, L, W]
+    window_file: np.ndarray | None = None
+    window_start: np.ndarray | None = None
+    window_tokens: np.ndarray | None = None
 
     def arrays(self, level: int, pool: str) -> dict[str, np.ndarray]:
         squeeze = (lambda a: a[:, 0]) if len(self.layers) == 1 else (lambda a: a)
         out = dict(
             embeddings=squeeze(self.embeddings).astype(np.float32),
-            files=np.array(self.files, dtype=str), seconds=self.seconds.astype(np.float32),
-            failed=np.array(self.failed, dtype=str), errors=np.array(self.errors, dtype=str),
-            layers=np.array(self.layers, np.int32), level=np.int32(level), pool=np.array(pool),
+            files=np.array(self.files, dtype=str),
+            seconds=self.seconds.astype(np.float32),
+            failed=np.array(self.failed, dtype=str),
+            errors=np.array(self.errors, dtype=str),
+            layers=np.array(self.layers, np.int32),
+            level=np.int32(level),
+            pool=np.array(pool),
         )
         if self.window_embeddings is not None:
-            out.update(window_embeddings=squeeze(self.window_embeddings).astype(np.float32),
-                       window_file=self.window_file, window_start=self.window_start, window_tokens=self.window_tokens)
+            out.update(
+                window_embeddings=squeeze(self.window_embeddings).astype(np.float32),
+                window_file=self.window_file,
+                window_start=self.window_start,
+                window_tokens=self.window_tokens,
+            )
         return out
 
 
@@ -109,7 +118,7 @@ class EmbedResult:
 # Labels
 
 
-def _labeller(prior: Any, vocab: Optional[dict], artist: str, genre: str, lyrics: str):
+def _labeller(prior: Any, vocab: dict | None, artist: str, genre: str, lyrics: str):
     from .labels import UNKNOWN, V2_ALPHABET, V3_ALPHABET, Labeller
 
     c = prior.config
@@ -119,11 +128,13 @@ def _labeller(prior: Any, vocab: Optional[dict], artist: str, genre: str, lyrics
         # no vocab.json: 'unknown' (id 0) needs no name table
         alphabet = V3_ALPHABET if c.labeller_version == "v3" else V2_ALPHABET
         return Labeller(version=c.labeller_version, artists={}, genres={}, alphabet=alphabet).for_config(c)
-    raise EmbedError("the model has no vocab.json (artist/genre names): use --artist/--genre unknown and no "
-                     "lyrics, or convert the model with --ids or --vocab")
+    raise EmbedError(
+        "the model has no vocab.json (artist/genre names): use --artist/--genre unknown and no "
+        "lyrics, or convert the model with --ids or --vocab"
+    )
 
 
-def _timing_limits(config: Any) -> tuple[int, Optional[int], Optional[int]]:
+def _timing_limits(config: Any) -> tuple[int, int | None, int | None]:
     """(smallest and largest total_length in samples, largest token count) the timing signal allows."""
     if not config.has_timing:
         return 1, None, None
@@ -146,12 +157,21 @@ class _Batcher:
 
         from .prior.prior import JukeboxPrior
 
-        self.prior, self.batch, self.pending = prior, batch, []
+        self.prior, self.batch = prior, batch
+        self.pending: list[Any] = []
         module, n_ctx = prior.module, prior.config.n_ctx
 
         def step(params, tokens, y, upper, count_from, valid):
-            feats = module.apply({"params": params}, tokens, y, upper, layers=layers, stop_early=True,
-                                 music_only=True, method=JukeboxPrior.features)
+            feats = module.apply(
+                {"params": params},
+                tokens,
+                y,
+                upper,
+                layers=layers,
+                stop_early=True,
+                music_only=True,
+                method=JukeboxPrior.features,
+            )
             h = jnp.stack([feats[n] for n in layers], axis=1)  # [B, L, T, W]
             pos = jnp.arange(n_ctx)
             real = (pos[None] < valid[:, None])[:, None, :, None]
@@ -199,7 +219,7 @@ def _check_args(prior: Any, layers: Sequence[int], pool: str, batch: int) -> tup
 
 
 def embed_files(
-    model: Optional[PathLike],
+    model: PathLike | None,
     paths: Sequence[PathLike],
     layers: Sequence[int],
     pool: str = "mean",
@@ -207,13 +227,13 @@ def embed_files(
     artist: str = "unknown",
     genre: str = "unknown",
     lyrics: str = "",
-    level: Optional[int] = None,
+    level: int | None = None,
     per_window: bool = False,
     normalize: bool = False,
     progress: bool = True,
     prior: Any = None,
     vqvae: Any = None,
-    out: Optional[PathLike] = None,
+    out: PathLike | None = None,
 ) -> EmbedResult:
     """Embed audio files with a whole model's VQ-VAE and prior (see the module docstring).
 
@@ -243,7 +263,7 @@ def embed_files(
     if not paths:
         raise EmbedError("no audio files given")
 
-    labeller = labels = None
+    labeller = None
     if c.labels:
         vocab = prior.vocab
         if vocab is None and model is not None:
@@ -261,7 +281,9 @@ def embed_files(
     acc: dict[int, dict] = {}  # per file: pooled value, positions counted, windows left
     windows_out: list[tuple] = []  # (file key, window index, start, valid, all)
     done: dict[int, tuple] = {}
-    files, failed, errors = [], [], []
+    files: list[Any] = []
+    failed: list[Any] = []
+    errors: list[Any] = []
 
     def collect(results):
         for (key, w_index, window), all_, new in results:
@@ -299,14 +321,20 @@ def embed_files(
         upper_codes = np.asarray(all_codes[c.level + 1][0], np.int32) if c.is_upsampler else None
         n_tokens = min(-(-n_samples // hop), codes.shape[0])
         if max_tokens is not None and n_tokens > max_tokens:
-            bar.write(f"note: {path} is longer than the model's max_duration ({c.max_duration:g} s): "
-                      f"embedding its first {max_tokens * hop / sr:.1f} s")
+            bar.write(
+                f"note: {path} is longer than the model's max_duration ({c.max_duration:g} s): "
+                f"embedding its first {max_tokens * hop / sr:.1f} s"
+            )
             n_tokens = max_tokens
         key = len(files)
         files.append(str(path))
         plan = plan_windows(n_tokens, n_ctx)
-        acc[key] = dict(sum=np.zeros((n_l, width), np.float32) if pool == "mean" else
-                        np.full((n_l, width), -np.inf, np.float32), n=0, left=len(plan), seconds=n_tokens * hop / sr)
+        acc[key] = dict(
+            sum=np.zeros((n_l, width), np.float32) if pool == "mean" else np.full((n_l, width), -np.inf, np.float32),
+            n=0,
+            left=len(plan),
+            seconds=n_tokens * hop / sr,
+        )
         label = None
         if labeller is not None:
             total = max(n_samples, min_total) if max_total is None else min(max(n_samples, min_total), max_total)
@@ -330,9 +358,12 @@ def embed_files(
     if not files:
         raise EmbedError(f"none of the {len(failed)} files could be read: {errors[0] if errors else ''}")
     result = EmbedResult(
-        files=files, embeddings=np.stack([done[k] for k in range(len(files))]).astype(np.float32),
-        layers=layers, seconds=np.array([acc[k]["seconds"] for k in range(len(files))], np.float32),
-        failed=failed, errors=errors,
+        files=files,
+        embeddings=np.stack([done[k] for k in range(len(files))]).astype(np.float32),
+        layers=layers,
+        seconds=np.array([acc[k]["seconds"] for k in range(len(files))], np.float32),
+        failed=failed,
+        errors=errors,
     )
     if per_window:
         windows_out.sort(key=lambda w: (w[0], w[1]))
@@ -345,7 +376,7 @@ def embed_files(
     return result
 
 
-def _save_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> Path:
+def _save_npz(path: PathLike, arrays: dict[str, Any]) -> Path:
     """Write atomically (a temporary file in the same directory, then ``os.replace``)."""
     path = Path(path)
     with atomic_write(path) as f:  # an open file keeps numpy from appending '.npz'
@@ -362,11 +393,23 @@ def run_embed(args: Any) -> Path:
         except (OSError, UnicodeDecodeError) as e:
             raise EmbedError(f"cannot read lyrics file {lyrics[1:]}: {e}") from None
     result = embed_files(
-        args.model, args.audio, args.layer, pool=args.pool, batch=args.batch, artist=args.artist, genre=args.genre,
-        lyrics=lyrics, level=args.level, per_window=args.per_window, normalize=args.normalize,
-        progress=not args.quiet, out=args.out,
+        args.model,
+        args.audio,
+        args.layer,
+        pool=args.pool,
+        batch=args.batch,
+        artist=args.artist,
+        genre=args.genre,
+        lyrics=lyrics,
+        level=args.level,
+        per_window=args.per_window,
+        normalize=args.normalize,
+        progress=not args.quiet,
+        out=args.out,
     )
     shape = "x".join(str(s) for s in result.arrays(0, args.pool)["embeddings"].shape)
-    print(f"wrote {args.out}: embeddings {shape} for {len(result.files)} files"
-          + (f"; skipped {len(result.failed)} unreadable" if result.failed else ""))
+    print(
+        f"wrote {args.out}: embeddings {shape} for {len(result.files)} files"
+        + (f"; skipped {len(result.failed)} unreadable" if result.failed else "")
+    )
     return Path(args.out)

@@ -35,10 +35,13 @@ def _kind(config: Any) -> str:
         return f"VQ-VAE ({config.levels} levels, hops {', '.join(map(str, config.hop_lengths))}, {config.l_bins} codes)"
     if isinstance(config, PriorConfig):
         role = "upsampler" if config.is_upsampler else "top prior"
-        lyrics = {"none": "no lyrics", "single": "lyrics in one encoder-decoder",
-                  "separate": "separate lyric encoder"}[config.lyrics]
-        return (f"prior level {config.level} ({role}, width {config.width}, {config.depth} layers, "
-                f"{config.heads} heads, n_ctx {config.n_ctx}, {lyrics})")
+        lyrics = {"none": "no lyrics", "single": "lyrics in one encoder-decoder", "separate": "separate lyric encoder"}[
+            config.lyrics
+        ]
+        return (
+            f"prior level {config.level} ({role}, width {config.width}, {config.depth} layers, "
+            f"{config.heads} heads, n_ctx {config.n_ctx}, {lyrics})"
+        )
     return type(config).__name__
 
 
@@ -53,15 +56,19 @@ def _vocab_line(vocab: Any) -> str:
     if not vocab:
         return "vocab: none (pass --ids or --vocab to convert)"
     lyrics = vocab.get("lyrics", [])
-    return (f"vocab: {vocab.get('version', '?')}, {len(vocab.get('artists', {}))} artists, "
-            f"{len(vocab.get('genres', {}))} genres, {len(lyrics)} lyric characters")
+    return (
+        f"vocab: {vocab.get('version', '?')}, {len(vocab.get('artists', {}))} artists, "
+        f"{len(vocab.get('genres', {}))} genres, {len(lyrics)} lyric characters"
+    )
 
 
 def _component_lines(path: Path, config: Any, indent: str = "") -> tuple[list[str], int]:
     arrays, total, dtypes = param_summary(path)
     dtype_text = ", ".join(f"{name} {n / total:.0%}" if len(dtypes) > 1 else name for name, n in dtypes.items())
-    lines = [f"{indent}{_kind(config)}",
-             f"{indent}  parameters: {_count(total)} in {arrays} arrays, dtype {dtype_text or '-'}"]
+    lines = [
+        f"{indent}{_kind(config)}",
+        f"{indent}  parameters: {_count(total)} in {arrays} arrays, dtype {dtype_text or '-'}",
+    ]
     if isinstance(config, PriorConfig):
         lines.append(f"{indent}  {_vocab_line(load_vocab(path))}")
     return lines, total

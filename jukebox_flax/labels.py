@@ -47,9 +47,10 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 from unidecode import unidecode
@@ -73,7 +74,7 @@ __all__ = [
     "window_y",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 VERSIONS = ("v2", "v3")
 # The original TextProcessor vocabularies; "in v3 we missed +" (original README).
@@ -190,7 +191,7 @@ def relevant_lyric_tokens(
 
 def window_y(
     y: np.ndarray,
-    full_tokens: Union[Sequence[int], Sequence[Sequence[int]]],
+    full_tokens: Sequence[int] | Sequence[Sequence[int]],
     n_tokens: int,
     start: int,
     hop_length: int,
@@ -295,10 +296,10 @@ class Labeller:
         ids_dir: PathLike,
         version: str = "v2",
         n_tokens: int = 0,
-        max_bow_genre_size: Optional[int] = None,
+        max_bow_genre_size: int | None = None,
         sample_length: int = 0,
         strict: bool = True,
-    ) -> "Labeller":
+    ) -> Labeller:
         """From the released id lists ``{version}_artist_ids.txt`` / ``{version}_genre_ids.txt``
         (read by ``jukebox_flax_convert.vocab_files``)."""
         # The one reader of release files the library keeps: imported here so the converter stays
@@ -312,12 +313,12 @@ class Labeller:
     def from_vocab(
         cls,
         path: PathLike,
-        version: Optional[str] = None,
-        n_tokens: Optional[int] = None,
-        max_bow_genre_size: Optional[int] = None,
-        sample_length: Optional[int] = None,
+        version: str | None = None,
+        n_tokens: int | None = None,
+        max_bow_genre_size: int | None = None,
+        sample_length: int | None = None,
         strict: bool = True,
-    ) -> "Labeller":
+    ) -> Labeller:
         """From our ``vocab.json`` (a file or a model directory) or Hugging Face tokenizer files.
 
         HF (read by ``jukebox_flax_convert.vocab_files.read_hf_vocab``): a directory with
@@ -345,11 +346,11 @@ class Labeller:
     def _from_tables(
         cls,
         tables: Mapping[str, Any],
-        n_tokens: Optional[int] = None,
-        max_bow_genre_size: Optional[int] = None,
-        sample_length: Optional[int] = None,
+        n_tokens: int | None = None,
+        max_bow_genre_size: int | None = None,
+        sample_length: int | None = None,
         strict: bool = True,
-    ) -> "Labeller":
+    ) -> Labeller:
         """From a reader's ``{"version", "artists", "genres", "lyrics"}`` (lyrics None: the built-in alphabet)."""
         version = _check_version(tables["version"])
         alphabet = tables["lyrics"] or (V2_ALPHABET if version == "v2" else V3_ALPHABET)
@@ -382,11 +383,11 @@ class Labeller:
     def from_vocab_dict(
         cls,
         data: Mapping[str, Any],
-        n_tokens: Optional[int] = None,
-        max_bow_genre_size: Optional[int] = None,
-        sample_length: Optional[int] = None,
+        n_tokens: int | None = None,
+        max_bow_genre_size: int | None = None,
+        sample_length: int | None = None,
         strict: bool = True,
-    ) -> "Labeller":
+    ) -> Labeller:
         """The inverse of ``vocab_dict``; explicit arguments override the stored defaults."""
         if data.get("format") != VOCAB_FORMAT:
             raise LabelError(f"not a {VOCAB_FORMAT} dict (format {data.get('format')!r})")
@@ -412,16 +413,17 @@ class Labeller:
 
     def with_shape(
         self,
-        n_tokens: Optional[int] = None,
-        max_bow_genre_size: Optional[int] = None,
-        sample_length: Optional[int] = None,
-    ) -> "Labeller":
+        n_tokens: int | None = None,
+        max_bow_genre_size: int | None = None,
+        sample_length: int | None = None,
+    ) -> Labeller:
         """A copy for another prior of the same label version."""
-        changes: dict[str, Any] = dict(n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size,
-                                       sample_length=sample_length)
+        changes: dict[str, Any] = dict(
+            n_tokens=n_tokens, max_bow_genre_size=max_bow_genre_size, sample_length=sample_length
+        )
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def for_config(self, config: Any) -> "Labeller":
+    def for_config(self, config: Any) -> Labeller:
         """A copy shaped for a ``PriorConfig`` (its n_tokens, max_bow_genre_size, sample_length)."""
         if not config.labels:
             raise LabelError("this prior takes no labels (labels=False): sample it with y=None")
@@ -477,9 +479,7 @@ class Labeller:
 
     # ----- labels
 
-    def get_label(
-        self, artist: str, genre: str, lyrics: Optional[str], total_length: int, offset: int = 0
-    ) -> Label:
+    def get_label(self, artist: str, genre: str, lyrics: str | None, total_length: int, offset: int = 0) -> Label:
         """The song's label (``y`` for the window at ``offset``) with its full lyric tokens."""
         total_length, offset = int(total_length), int(offset)
         if total_length <= 0 or not 0 <= offset < total_length:
@@ -499,18 +499,16 @@ class Labeller:
         y = np.array([total_length, offset, self.sample_length, artist_id, *genre_ids, *tokens], dtype=np.int64)
         return Label(y=_int32(y), full_tokens=tuple(full_tokens), artist=artist, genre=genre, lyrics=cleaned)
 
-    def get_y(
-        self, artist: str, genre: str, lyrics: Optional[str], total_length: int, offset: int = 0
-    ) -> np.ndarray:
+    def get_y(self, artist: str, genre: str, lyrics: str | None, total_length: int, offset: int = 0) -> np.ndarray:
         """The original label vector (int32 [y_length]) with the lyric window for ``offset``."""
         return self.get_label(artist, genre, lyrics, total_length, offset).y
 
     def get_window_y(
         self,
-        labels: Union[Label, Sequence[Label]],
+        labels: Label | Sequence[Label],
         start: int,
         hop_length: int,
-        sample_length: Optional[int] = None,
+        sample_length: int | None = None,
         float32: bool = True,
     ) -> np.ndarray:
         """y for the sampling window starting at token ``start`` (see ``window_y``): [Y] or [B, Y].

@@ -19,16 +19,16 @@ device's memory. On GPUs JAX preallocates 75 % of the memory by default: set
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .config import PriorConfig
-from .tree import named_leaves
 from .prior.prior import abstract_prior_params
 from .prior.transformer import TransformerConfig, cache_bytes
+from .tree import named_leaves
 
 __all__ = ["MemoryPlan", "memory_plan", "max_batch", "pick_batch_chunk", "device_memory_bytes", "GB"]
 
@@ -61,8 +61,9 @@ def _param_bytes(config: PriorConfig, dtype: Any, released: bool) -> int:
     return total
 
 
-def memory_plan(config: PriorConfig, dtype: Any = jnp.float32, released: bool = False,
-                chunk_size: int = 32) -> MemoryPlan:
+def memory_plan(
+    config: PriorConfig, dtype: Any = jnp.float32, released: bool = False, chunk_size: int = 32
+) -> MemoryPlan:
     """The plan of ``config`` with activations and KV cache in ``dtype`` (params too, unless
     ``released``: then only the transformer kernels are in ``dtype``)."""
     spec = TransformerConfig.from_prior(config, dtype=dtype, param_dtype=dtype)
@@ -76,16 +77,25 @@ def memory_plan(config: PriorConfig, dtype: Any = jnp.float32, released: bool = 
     layer = c * (2 * w + 3 * spec.n_state + int(config.m_mlp * w)) * act  # residual, qkv, MLP hidden
     scores = 2 * config.heads * c * longest * 4  # float32 scores and softmax weights
     logits = 2 * c * config.total_bins * 4
-    return MemoryPlan(params=_param_bytes(config, dtype, released), cache_per_sample=cache,
-                      activations_per_sample=buffers + 2 * (layer + scores + logits))
+    return MemoryPlan(
+        params=_param_bytes(config, dtype, released),
+        cache_per_sample=cache,
+        activations_per_sample=buffers + 2 * (layer + scores + logits),
+    )
 
 
-def max_batch(config: PriorConfig, device_bytes: float, dtype: Any = jnp.float32, released: bool = False,
-              chunk_size: int = 32, headroom: float = 0.9) -> int:
+def max_batch(
+    config: PriorConfig,
+    device_bytes: float,
+    dtype: Any = jnp.float32,
+    released: bool = False,
+    chunk_size: int = 32,
+    headroom: float = 0.9,
+) -> int:
     return memory_plan(config, dtype, released, chunk_size).max_batch(device_bytes, headroom)
 
 
-def device_memory_bytes(device: Optional[Any] = None) -> Optional[int]:
+def device_memory_bytes(device: Any | None = None) -> int | None:
     """The memory limit XLA reports for ``device`` (GPU/TPU), or None (CPU: no fixed limit)."""
     device = device or jax.local_devices()[0]
     try:
@@ -95,9 +105,16 @@ def device_memory_bytes(device: Optional[Any] = None) -> Optional[int]:
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
 
-def pick_batch_chunk(config: PriorConfig, n_samples: int, dtype: Any = jnp.float32, released: bool = False,
-                     chunk_size: int = 32, device_bytes: Optional[float] = None, devices: int = 1,
-                     headroom: float = 0.9) -> int:
+def pick_batch_chunk(
+    config: PriorConfig,
+    n_samples: int,
+    dtype: Any = jnp.float32,
+    released: bool = False,
+    chunk_size: int = 32,
+    device_bytes: float | None = None,
+    devices: int = 1,
+    headroom: float = 0.9,
+) -> int:
     """Rows to sample together: all ``n_samples`` if they fit, else the largest batch that fits
     ``devices`` data-parallel devices of ``device_bytes`` each (default: this device's reported
     limit; without one, e.g. on CPU, everything at once), rounded down to a multiple of ``devices``

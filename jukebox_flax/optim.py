@@ -28,8 +28,11 @@ class OptimConfig:
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
     """The learning rate per step: 0 -> lr over ``warmup_steps`` (none when 0), then constant or linear decay."""
-    decay = (optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.decay_steps)
-             if cfg.decay_steps > 0 else optax.constant_schedule(cfg.lr))
+    decay = (
+        optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, cfg.decay_steps)
+        if cfg.decay_steps > 0
+        else optax.constant_schedule(cfg.lr)
+    )
     if cfg.warmup_steps <= 0:
         return decay
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)

@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .tree import path_names
 from .prior.api import Prior
 from .prior.prior import JukeboxPrior
+from .tree import path_names
 
 __all__ = ["cast_params", "with_precision"]
 
@@ -47,7 +47,9 @@ def cast_params(params: Any, dtype: Any, released: bool = False) -> Any:
 
 def with_precision(prior: Any, dtype: Any, released: bool = False) -> Any:
     """A copy of a loaded ``Prior`` computing in ``dtype`` (params cast by :func:`cast_params`)."""
-    module = JukeboxPrior(prior.config, dtype=dtype, param_dtype=jnp.float32 if released else dtype,
-                          scan_layers=prior.module.scan_layers)
-    return Prior(config=prior.config, params=cast_params(prior.params, dtype, released), module=module,
-                 vocab=prior.vocab)
+    module = JukeboxPrior(
+        prior.config, dtype=dtype, param_dtype=jnp.float32 if released else dtype, scan_layers=prior.module.scan_layers
+    )
+    return Prior(
+        config=prior.config, params=cast_params(prior.params, dtype, released), module=module, vocab=prior.vocab
+    )

@@ -26,7 +26,8 @@ Multi-host: call :func:`initialize_distributed` first thing in every process (se
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -61,7 +62,7 @@ DATA, MODEL = "data", "model"
 
 # logical axis -> mesh axis (None: replicated). 'vocab' stays replicated: the logits are small and
 # sampling reads a whole row.
-RULES: tuple[tuple[str, Optional[str]], ...] = (
+RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", DATA),
     ("heads", MODEL),  # q/k/v width (heads x head dim): c_attn / c_enc_kv columns, c_proj rows
     ("mlp", MODEL),  # MLP hidden width: c_fc columns, c_proj rows
@@ -82,7 +83,7 @@ RULES: tuple[tuple[str, Optional[str]], ...] = (
 CONV_AXES: dict[str, tuple[str, ...]] = {"kernel": ("conv_window", "conv_in", "conv_out"), "bias": ("conv_out",)}
 
 # {param path: logical axis name (or None) of every dimension}
-ParamAxes = dict[tuple[str, ...], tuple[Optional[str], ...]]
+ParamAxes = dict[tuple[str, ...], tuple[str | None, ...]]
 
 # a KV cache leaf [R, B, S, n_state] (prior/transformer.py)
 CACHE_AXES = ("layers", "batch", "cache_len", "kv")
@@ -92,7 +93,7 @@ CACHE_AXES = ("layers", "batch", "cache_len", "kv")
 # Mesh
 
 
-def make_mesh(data: Optional[int] = None, model: int = 1, devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ``(data, model)`` mesh over ``devices`` (default: all devices of all processes).
 
     ``data`` defaults to ``len(devices) // model``. Axis types are ``Auto`` (classic GSPMD
@@ -104,8 +105,9 @@ def make_mesh(data: Optional[int] = None, model: int = 1, devices: Optional[Sequ
     data = len(devices) // model if data is None else data
     if data < 1 or data * model > len(devices):
         raise ShardingError(f"a {data} x {model} mesh needs {data * model} devices, {len(devices)} available")
-    return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto),
-                         devices=devices[: data * model])
+    return jax.make_mesh(
+        (data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices[: data * model]
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,8 +127,9 @@ def logical_axes(boxed: Any, conv_subtrees: Sequence[tuple[str, ...]] = ()) -> P
         elif any(path[: len(sub)] == tuple(sub) for sub in conv_subtrees) and path[-1] in CONV_AXES:
             names = CONV_AXES[path[-1]]
         else:
-            raise ShardingError(f"param {'/'.join(path)} has no logical axes (create it with "
-                                "nn.with_logical_partitioning)")
+            raise ShardingError(
+                f"param {'/'.join(path)} has no logical axes (create it with nn.with_logical_partitioning)"
+            )
         shape = np.shape(leaf.value if isinstance(leaf, nn.Partitioned) else leaf)
         if len(names) != len(shape):
             raise ShardingError(f"param {'/'.join(path)} of shape {shape} has axes {names}")
@@ -134,7 +137,7 @@ def logical_axes(boxed: Any, conv_subtrees: Sequence[tuple[str, ...]] = ()) -> P
     return out
 
 
-def axes_of(path: Sequence[str], ndim: int, axes: ParamAxes) -> tuple[Optional[str], ...]:
+def axes_of(path: Sequence[str], ndim: int, axes: ParamAxes) -> tuple[str | None, ...]:
     """The logical axes of the leaf at ``path``: the param's own, or those of the param path it ends
     with (a tree mirroring the params: optimizer moments); rank 0 (a step count): none."""
     path = tuple(path)
@@ -147,12 +150,14 @@ def axes_of(path: Sequence[str], ndim: int, axes: ParamAxes) -> tuple[Optional[s
     raise ShardingError(f"no logical axes for {'/'.join(path)} (rank {ndim}): not a param of this model")
 
 
-def logical_spec(axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
-                 rules: Sequence[tuple[str, Optional[str]]] = RULES) -> PartitionSpec:
+def logical_spec(
+    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES
+) -> PartitionSpec:
     """The PartitionSpec of an array with logical ``axes``: a dimension is split over its rule's
     mesh axis when that axis has more than one device and divides the dimension (and is not used
     by an earlier dimension); otherwise it is replicated."""
-    table, used, spec = dict(rules), set(), []
+    table, used = dict(rules), set()
+    spec: list[str | None] = []
     for name, size in zip(axes, shape):
         axis = table.get(name) if name is not None else None
         n = mesh.shape.get(axis, 1) if axis is not None else 1
@@ -164,7 +169,7 @@ def logical_spec(axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh
     return PartitionSpec(*spec)
 
 
-def param_specs(params: Any, axes: ParamAxes, mesh: Any, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+def param_specs(params: Any, axes: ParamAxes, mesh: Any, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
     """A tree of ``PartitionSpec`` matching ``params`` (arrays or ShapeDtypeStructs); ``mesh`` only
     needs its ``shape``."""
 
@@ -175,20 +180,23 @@ def param_specs(params: Any, axes: ParamAxes, mesh: Any, rules: Sequence[tuple[s
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def param_shardings(params: Any, mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, Optional[str]]] = RULES
-                    ) -> Any:
+def param_shardings(params: Any, mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
     """A tree of ``NamedSharding`` matching ``params`` (or a tree mirroring them)."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, axes, mesh, rules),
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        param_specs(params, axes, mesh, rules),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
-def shard_params(params: Any, mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+def shard_params(params: Any, mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
     """``params`` placed on ``mesh`` by their axes (a no-op for arrays already placed so)."""
     return jax.device_put(params, param_shardings(params, mesh, axes, rules))
 
 
-def checkpoint_sharding(mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, Optional[str]]] = RULES
-                        ) -> Callable[[tuple[str, ...], tuple[int, ...]], NamedSharding]:
+def checkpoint_sharding(
+    mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, str | None]] = RULES
+) -> Callable[[tuple[str, ...], tuple[int, ...]], NamedSharding]:
     """The ``sharding=`` callable of ``checkpoint.load_params``: Orbax then reads every param
     straight into its shards (each process reads only what its devices hold)."""
 
@@ -198,12 +206,12 @@ def checkpoint_sharding(mesh: Mesh, axes: ParamAxes, rules: Sequence[tuple[str, 
     return sharding
 
 
-def cache_shardings(cache: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+def cache_shardings(cache: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
     """Shardings of a KV cache tree (leaves [R, B, S, n_state]): batch over 'data', width over 'model'."""
     return jax.tree.map(lambda x: NamedSharding(mesh, logical_spec(CACHE_AXES, x.shape, mesh, rules)), cache)
 
 
-def shard_cache(cache: Any, mesh: Mesh, rules: Sequence[tuple[str, Optional[str]]] = RULES) -> Any:
+def shard_cache(cache: Any, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
     return jax.device_put(cache, cache_shardings(cache, mesh, rules))
 
 
@@ -242,9 +250,13 @@ def to_host(x: jax.Array) -> np.ndarray:
 # Multi-host
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, local_device_ids: Optional[Sequence[int]] = None,
-                           auto: bool = False) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: Sequence[int] | None = None,
+    auto: bool = False,
+) -> bool:
     """Connect the processes of a multi-host job (call once, before any other JAX call).
 
     - explicit: ``coordinator_address='host0:1234', num_processes=N, process_id=i`` (several GPU
@@ -267,7 +279,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
     if coordinator_address is None and num_processes is None and not auto:
         return False
     if not auto and (coordinator_address is None or num_processes is None or process_id is None):
-        raise ShardingError("multi-host needs coordinator_address, num_processes and process_id "
-                            "(or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), or auto=True")
+        raise ShardingError(
+            "multi-host needs coordinator_address, num_processes and process_id "
+            "(or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), or auto=True"
+        )
     jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids)
     return True

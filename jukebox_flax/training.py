@@ -30,9 +30,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ __all__ = [
     "run_script",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.csv"
 
@@ -97,7 +98,7 @@ class TrainCheckpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
@@ -133,7 +134,7 @@ class MetricsLog:
     def __init__(self, path: PathLike, resume_step: int = 0, echo: Callable[[str], None] = print):
         self.path = Path(path)
         self.echo = echo
-        self.columns: Optional[list[str]] = None
+        self.columns: list[str] | None = None
         self._pending: dict[str, list] = {}
         self._start = time.time()
         rows: list[list[str]] = []
@@ -158,7 +159,7 @@ class MetricsLog:
             if np.ndim(value) == 0:
                 self._pending.setdefault(name, []).append(value)
 
-    def write(self, step: int, extra: Optional[Mapping[str, float]] = None) -> dict[str, float]:
+    def write(self, step: int, extra: Mapping[str, float] | None = None) -> dict[str, float]:
         """Average what was added since the last write and log it under ``step``."""
         values = {name: float(np.mean(jax.device_get(v))) for name, v in self._pending.items()}
         values.update(extra or {})
@@ -208,8 +209,8 @@ class Task:
     step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
     params: Callable[[Any], Any]
     meta: dict = field(default_factory=dict)
-    schedule: Optional[optax.Schedule] = None
-    abstract: Optional[Callable[[jax.Array, Any], Any]] = None
+    schedule: optax.Schedule | None = None
+    abstract: Callable[[jax.Array, Any], Any] | None = None
 
     def abstract_state(self, key: jax.Array, batch: Any) -> Any:
         """The state ``init(key, batch)`` would build, as shapes (no memory is allocated)."""
@@ -230,7 +231,7 @@ def train(
     log_every: int = 10,
     resume: bool = True,
     progress: bool = True,
-    after_step: Optional[Callable[[int, Any], None]] = None,
+    after_step: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, int]:
     """Train ``task`` up to ``steps`` total steps; returns (state, steps done).
 
@@ -314,7 +315,7 @@ def gradient_task(
     loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]],
     optim: OptimConfig,
     prepare: Callable[[Any], Any] = lambda batch: batch,
-    meta: Optional[dict] = None,
+    meta: dict | None = None,
     mesh: Any = None,
     param_axes: Any = None,
 ) -> Task:
@@ -348,8 +349,9 @@ def gradient_task(
             return jax.jit(new_state)
         shapes = jax.eval_shape(new_state, key, given)
         # the moments' leaf paths end like the params', so the same rules place them
-        shardings = GradState(param_shardings(shapes.params, mesh, param_axes),
-                              param_shardings(shapes.opt_state, mesh, param_axes))
+        shardings = GradState(
+            param_shardings(shapes.params, mesh, param_axes), param_shardings(shapes.opt_state, mesh, param_axes)
+        )
         return jax.jit(new_state, out_shardings=shardings)
 
     def init(key: jax.Array, batch: Any) -> GradState:
@@ -408,17 +410,23 @@ def with_param_ema(task: Task, decay: float) -> Task:
         inner = task.abstract_state(key, batch)
         return EMAState(inner, task.params(inner))  # the average has the params' shapes and shards
 
-    return Task(init=init, step=step, params=lambda state: state.params_ema,
-                meta=dict(task.meta, param_ema_decay=decay), schedule=task.schedule, abstract=abstract)
+    return Task(
+        init=init,
+        step=step,
+        params=lambda state: state.params_ema,
+        meta=dict(task.meta, param_ema_decay=decay),
+        schedule=task.schedule,
+        abstract=abstract,
+    )
 
 
 def vqvae_task(
     config: Any,
     optim: OptimConfig,
     *,
-    init_params: Optional[Mapping] = None,
-    bandwidth: Optional[Mapping[str, float]] = None,
-    samples_per_batch: Optional[int] = None,
+    init_params: Mapping | None = None,
+    bandwidth: Mapping[str, float] | None = None,
+    samples_per_batch: int | None = None,
 ) -> Task:
     """Train a VQ-VAE (``VQVAEConfig``) on batches of audio.
 
@@ -460,7 +468,7 @@ def prior_task(
     optim: OptimConfig,
     vqvae: Any,
     *,
-    init_params: Optional[Mapping] = None,
+    init_params: Mapping | None = None,
     mesh: Any = None,
 ) -> Task:
     """Train one prior level (``PriorConfig``) on batches of audio and labels (``mesh``: see
@@ -485,7 +493,7 @@ def prior_task(
         codes = vq_module.apply({"params": vq_params}, audio, method=VQVAEModule.encode)
         tokens = codes[config.level]
         upper = codes[config.level + 1] if config.is_upsampler else None
-        return module.apply({"params": params}, tokens, y, upper, method=JukeboxPrior.loss)
+        return cast(tuple, module.apply({"params": params}, tokens, y, upper, method=JukeboxPrior.loss))
 
     def prepare(batch: Any) -> tuple:
         if batch.audio.shape[1] != config.sample_length:
@@ -501,15 +509,16 @@ def prior_task(
         return init_prior_params(config, key)
 
     axes = None if mesh is None else module.param_axes()
-    return gradient_task(init if init_params is None else init_params, loss_fn, optim, prepare=prepare, mesh=mesh,
-                         param_axes=axes)
+    return gradient_task(
+        init if init_params is None else init_params, loss_fn, optim, prepare=prepare, mesh=mesh, param_axes=axes
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Model directories
 
 
-def load_component(path: PathLike, component: str) -> tuple[Any, Any, Optional[dict]]:
+def load_component(path: PathLike, component: str) -> tuple[Any, Any, dict | None]:
     """(params, config, vocab) in float32 of ``component`` ('vqvae' or 'prior_level_L') in a model
     directory (the component's own directory or a whole model): ``load_vqvae`` / ``load_prior``."""
     if component == "vqvae":
@@ -522,7 +531,7 @@ def load_component(path: PathLike, component: str) -> tuple[Any, Any, Optional[d
     return prior.params, prior.config, prior.vocab
 
 
-def export_model(path: PathLike, params: Any, config: Any, vocab: Optional[dict] = None) -> Path:
+def export_model(path: PathLike, params: Any, config: Any, vocab: dict | None = None) -> Path:
     """Write the trained params as a model directory (replacing an older export)."""
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     return save_model_dir(path, host, config, vocab, overwrite=True)
@@ -551,8 +560,12 @@ def add_training_args(parser: Any) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--lr", type=float, default=OPTIM_DEFAULTS.lr)
     g.add_argument("--warmup", type=int, default=OPTIM_DEFAULTS.warmup_steps, help="linear warm-up steps")
-    g.add_argument("--decay-steps", type=int, default=OPTIM_DEFAULTS.decay_steps,
-                   help="linear decay to 0 over this many steps after warm-up")
+    g.add_argument(
+        "--decay-steps",
+        type=int,
+        default=OPTIM_DEFAULTS.decay_steps,
+        help="linear decay to 0 over this many steps after warm-up",
+    )
     g.add_argument("--weight-decay", type=float, default=OPTIM_DEFAULTS.weight_decay)
     g.add_argument("--b2", type=float, default=OPTIM_DEFAULTS.b2)
     g.add_argument("--clip", type=float, default=OPTIM_DEFAULTS.clip, help="global gradient norm (0: no clipping)")
@@ -564,8 +577,14 @@ def add_training_args(parser: Any) -> None:
 
 def optim_from_args(args: Any) -> OptimConfig:
     """The :class:`OptimConfig` of the options of :func:`add_training_args`."""
-    return OptimConfig(lr=args.lr, warmup_steps=args.warmup, decay_steps=args.decay_steps, b2=args.b2,
-                       weight_decay=args.weight_decay, clip=args.clip)
+    return OptimConfig(
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        decay_steps=args.decay_steps,
+        b2=args.b2,
+        weight_decay=args.weight_decay,
+        clip=args.clip,
+    )
 
 
 def config_from_args(args: Any, kind: type) -> Any:

@@ -5,7 +5,8 @@ the converter's key tables, memory plans).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 

@@ -35,7 +35,9 @@ def bench(name: str, batch: int, dtype, chunk: int) -> dict:
     y_cond = sds((batch, 1, w), jnp.float32)
     enc = sds((batch, cfg.n_tokens, w), dtype) if cfg.lyrics == "separate" else None
     t0 = time.perf_counter()
-    params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), sds((batch, n), jnp.int32), x_cond, y_cond, enc))
+    params = nn.meta.unbox(
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), sds((batch, n), jnp.int32), x_cond, y_cond, enc)
+    )
     cache = jax.eval_shape(lambda: model.init_cache(batch, dtype))
     t1 = time.perf_counter()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +25,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ROOT / "tests" / "fixtures" / "openai" / "released_state_dict_keys.json"
-PRESET_OF = {"prior_1b_lyrics": "prior_1b_lyrics", "prior_5b": "prior_5b", "prior_5b_lyrics": "prior_5b_lyrics",
-             "upsampler_level_0": "upsampler_level_0", "upsampler_level_1": "upsampler_level_1", "vqvae": "vqvae"}
+PRESET_OF = {
+    "prior_1b_lyrics": "prior_1b_lyrics",
+    "prior_5b": "prior_5b",
+    "prior_5b_lyrics": "prior_5b_lyrics",
+    "upsampler_level_0": "upsampler_level_0",
+    "upsampler_level_1": "upsampler_level_1",
+    "vqvae": "vqvae",
+}
 
 
 def _status_kb(field: str) -> int:
@@ -46,7 +51,9 @@ def generate(model: str, out: Path) -> None:
     entries = json.loads(SHAPES.read_text())[model]["keys"]
     sd = {}
     for key, shape, dtype in entries:
-        sd[key] = torch.empty(shape, dtype=getattr(torch, dtype)).normal_(0.0, 0.02)  # incompressible, like real weights
+        sd[key] = torch.empty(shape, dtype=getattr(torch, dtype)).normal_(
+            0.0, 0.02
+        )  # incompressible, like real weights
     config = preset(PRESET_OF[model])
     if "prior.x_out.weight" in sd and not getattr(config, "merged_decoder", True):
         sd["prior.x_out.weight"] = sd["prior.x_emb.weight"]  # tied, as in the released file
@@ -105,7 +112,18 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
     work.mkdir(parents=True, exist_ok=True)
     src, dst = work / f"{args.model}.pth.tar", work / f"{args.model}_flax"
-    me = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--_src", str(src), "--_dst", str(dst)]
+    me = [
+        sys.executable,
+        __file__,
+        "--model",
+        args.model,
+        "--dtype",
+        args.dtype,
+        "--_src",
+        str(src),
+        "--_dst",
+        str(dst),
+    ]
     if args.standin:
         me.append("--standin")
     try:
@@ -117,10 +135,14 @@ def main() -> None:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         extra = result["peak_mb"] - result["baseline_mb"]
         out_mb = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) / 2**20
-        print(f"convert ({args.dtype}{', stand-in mapping' if args.standin else ''}): {result['seconds']:.1f} s, "
-              f"output {out_mb:,.0f} MiB")
-        print(f"peak RSS {result['peak_mb']:,.0f} MiB = baseline {result['baseline_mb']:,.0f} MiB + {extra:,.0f} MiB "
-              f"({extra / size_mb:.1%} of the checkpoint; goal < 50%)")
+        print(
+            f"convert ({args.dtype}{', stand-in mapping' if args.standin else ''}): {result['seconds']:.1f} s, "
+            f"output {out_mb:,.0f} MiB"
+        )
+        print(
+            f"peak RSS {result['peak_mb']:,.0f} MiB = baseline {result['baseline_mb']:,.0f} MiB + {extra:,.0f} MiB "
+            f"({extra / size_mb:.1%} of the checkpoint; goal < 50%)"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -79,17 +79,31 @@ def main() -> None:
     y = jnp.asarray(np.tile([[total, 0, cfg.sample_length, 0, 0] + [-1] * (cfg.y_length - 5)], (b, 1)), jnp.int32)
 
     def feats(p, t, y, stop_early):
-        return module.apply({"params": p}, t, y, None, layers=(layer,), stop_early=stop_early,
-                            method=JukeboxPrior.features)[layer]
+        return module.apply(
+            {"params": p}, t, y, None, layers=(layer,), stop_early=stop_early, method=JukeboxPrior.features
+        )[layer]
 
     params_abs = abstract_prior_params(cfg, dtype)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params_abs)))
     window_s = cfg.sample_length / cfg.sr
-    out = dict(preset=args.preset, width=cfg.width, depth=cfg.depth, heads=cfg.heads, n_ctx=cfg.n_ctx,
-               layer=layer, batch=b, dtype=args.dtype, params=n_params, window_seconds=window_s,
-               device=str(jax.devices()[0].device_kind), backend=jax.default_backend())
-    print(f"prior {args.preset} {cfg.width}x{cfg.depth} ({n_params / 1e6:.1f}M params), layer {layer}, "
-          f"batch {b}, {args.dtype}, window {cfg.n_ctx} tokens = {window_s:.2f} s, on {out['device']}")
+    out = dict(
+        preset=args.preset,
+        width=cfg.width,
+        depth=cfg.depth,
+        heads=cfg.heads,
+        n_ctx=cfg.n_ctx,
+        layer=layer,
+        batch=b,
+        dtype=args.dtype,
+        params=n_params,
+        window_seconds=window_s,
+        device=str(jax.devices()[0].device_kind),
+        backend=jax.default_backend(),
+    )
+    print(
+        f"prior {args.preset} {cfg.width}x{cfg.depth} ({n_params / 1e6:.1f}M params), layer {layer}, "
+        f"batch {b}, {args.dtype}, window {cfg.n_ctx} tokens = {window_s:.2f} s, on {out['device']}"
+    )
 
     t = time.perf_counter()
     stop_c = jax.jit(feats, static_argnums=3).lower(params_abs, tokens, y, True).compile()
@@ -113,11 +127,15 @@ def main() -> None:
         out["audio_s_per_compute_s"] = window_s * b / per_call
         out["audio_s_per_compute_s_full_depth"] = window_s * b / (out["vqvae_s"] + out["prior_full_s"])
         out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
-        print(f"vqvae {out['vqvae_s']:.2f} s, prior to layer {layer} {out['prior_stop_s']:.2f} s "
-              f"(all {cfg.depth} layers {out['prior_full_s']:.2f} s) per {b} window(s)")
-        print(f"=> {out['audio_s_per_compute_s']:.2f} s of audio per second "
-              f"({out['audio_s_per_compute_s_full_depth']:.2f} without stop_early); peak RSS "
-              f"{out['peak_rss_gib']:.2f} GiB")
+        print(
+            f"vqvae {out['vqvae_s']:.2f} s, prior to layer {layer} {out['prior_stop_s']:.2f} s "
+            f"(all {cfg.depth} layers {out['prior_full_s']:.2f} s) per {b} window(s)"
+        )
+        print(
+            f"=> {out['audio_s_per_compute_s']:.2f} s of audio per second "
+            f"({out['audio_s_per_compute_s_full_depth']:.2f} without stop_early); peak RSS "
+            f"{out['peak_rss_gib']:.2f} GiB"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

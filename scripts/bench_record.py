@@ -34,14 +34,31 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HF_1B_TOP = dict(
-    hidden_size=2048, num_layers=72, n_heads=2, blocks=64, n_ctx=6144, nb_relevant_lyric_tokens=384,
-    attention_pattern="enc_dec_with_lyrics", metadata_dims=[604, 7898], init_scale=0.2, alignment_layer=63,
-    alignment_head=0, merged_decoder=False, lyric_vocab_size=79, is_encoder_decoder=True, max_nb_genres=1,
-    timing_dims=64, min_duration=17.84, max_duration=600.0, music_vocab_size=2048,
+    hidden_size=2048,
+    num_layers=72,
+    n_heads=2,
+    blocks=64,
+    n_ctx=6144,
+    nb_relevant_lyric_tokens=384,
+    attention_pattern="enc_dec_with_lyrics",
+    metadata_dims=[604, 7898],
+    init_scale=0.2,
+    alignment_layer=63,
+    alignment_head=0,
+    merged_decoder=False,
+    lyric_vocab_size=79,
+    is_encoder_decoder=True,
+    max_nb_genres=1,
+    timing_dims=64,
+    min_duration=17.84,
+    max_duration=600.0,
+    music_vocab_size=2048,
 )
 SHARED = dict(max_nb_genres=1, timing_dims=64, min_duration=17.84, max_duration=600.0)
 GOAL = 1.5
@@ -49,9 +66,8 @@ GOAL = 1.5
 
 def build(seed: int = 0):
     import jax
-    import numpy as np
-
     from bench_sampling import _hf_config_dict, _hf_prior
+
     from jukebox_flax.config import preset
     from jukebox_flax.prior.api import Prior, init_prior_params
     from jukebox_flax_convert.hf_config import jukebox_config_from_hf
@@ -62,16 +78,32 @@ def build(seed: int = 0):
     cfg.update(SHARED)
     config = jukebox_config_from_hf(cfg).priors[2]
     want = preset("prior_1b_lyrics")
-    fields = ("width", "depth", "heads", "n_ctx", "blocks", "attn_order", "n_tokens", "bins", "n_vocab",
-              "merged_decoder", "lyrics", "init_scale", "artist_bins", "genre_bins", "t_bins")
+    fields = (
+        "width",
+        "depth",
+        "heads",
+        "n_ctx",
+        "blocks",
+        "attn_order",
+        "n_tokens",
+        "bins",
+        "n_vocab",
+        "merged_decoder",
+        "lyrics",
+        "init_scale",
+        "artist_bins",
+        "genre_bins",
+        "t_bins",
+    )
     diff = {f: (getattr(config, f), getattr(want, f)) for f in fields if getattr(config, f) != getattr(want, f)}
     if diff:
         raise SystemExit(f"HF config does not map onto prior_1b_lyrics: {diff}")
     t0 = time.perf_counter()
     params = jax.jit(lambda k: init_prior_params(config, k))(jax.random.key(seed))
     host = jax.tree.map(np.asarray, params)
-    sd = {original_to_hf("prior_level_2", k): np.asarray(v)
-          for k, v in prior_state_dict_from_params(host, config).items()}
+    sd = {
+        original_to_hf("prior_level_2", k): np.asarray(v) for k, v in prior_state_dict_from_params(host, config).items()
+    }
     del host
     hf = _hf_prior(cfg, 0, sd)
     del sd
@@ -81,7 +113,6 @@ def build(seed: int = 0):
 
 
 def inputs(config, music_prefix: int, seed: int = 1):
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     lyrics = rng.integers(1, config.n_vocab, config.n_tokens)
@@ -91,7 +122,7 @@ def inputs(config, music_prefix: int, seed: int = 1):
     return y, prefix
 
 
-def time_ours(prior, y, prefix, new: int, reps: int) -> tuple[float, "np.ndarray", float]:
+def time_ours(prior, y, prefix, new: int, reps: int) -> tuple[float, np.ndarray, float]:
     import jax
 
     from jukebox_flax.sampling.sampler import sample_window
@@ -107,23 +138,28 @@ def time_ours(prior, y, prefix, new: int, reps: int) -> tuple[float, "np.ndarray
         t_long, out = run(new + 1)
         t_short, _ = run(1)
         per_token.append((t_long - t_short) / new)
-    return statistics.median(per_token), out[:, prefix.shape[1]:], first
+    return statistics.median(per_token), out[:, prefix.shape[1] :], first
 
 
-def time_hf(hf, y, prefix, new: int) -> tuple[float, "np.ndarray", float]:
-    import numpy as np
+def time_hf(hf, y, prefix, new: int) -> tuple[float, np.ndarray, float]:
     import torch
 
     stamps = []
     hook = hf.prior.fc_proj_out.register_forward_hook(lambda *a: stamps.append(time.perf_counter()))
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = hf.sample(1, music_tokens=torch.from_numpy(prefix).long(), metadata=torch.from_numpy(y).long(),
-                        temp=1.0, top_k=1, sample_tokens=prefix.shape[1] + new)
+        out = hf.sample(
+            1,
+            music_tokens=torch.from_numpy(prefix).long(),
+            metadata=torch.from_numpy(y).long(),
+            temp=1.0,
+            top_k=1,
+            sample_tokens=prefix.shape[1] + new,
+        )
     total = time.perf_counter() - t0
     hook.remove()
     gaps = np.diff(np.asarray(stamps))
-    return float(np.median(gaps)), out.numpy()[:, prefix.shape[1]:], total
+    return float(np.median(gaps)), out.numpy()[:, prefix.shape[1] :], total
 
 
 def main() -> None:
@@ -151,16 +187,29 @@ def main() -> None:
     same = int((hf_out[:, : args.new] == ours_out[:, : args.new]).sum())
     result = {
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.processor() or platform.platform()})",
-        "load_avg": os.getloadavg()[0], "jax": jax.__version__, "torch": torch.__version__,
-        "transformers": transformers.__version__, "params": n_params, "batch": 1, "dtype": "float32",
-        "prefix": f"{prior.config.n_tokens} lyric + {args.music_prefix} music tokens", "new_tokens": args.new,
-        "ours_s_per_token": ours_tok, "hf_s_per_token": hf_tok, "speedup": hf_tok / ours_tok, "goal": GOAL,
-        "greedy_tokens_equal": f"{same}/{args.new}", "ours_first_call_s": first, "hf_call_s": hf_total,
+        "load_avg": os.getloadavg()[0],
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "params": n_params,
+        "batch": 1,
+        "dtype": "float32",
+        "prefix": f"{prior.config.n_tokens} lyric + {args.music_prefix} music tokens",
+        "new_tokens": args.new,
+        "ours_s_per_token": ours_tok,
+        "hf_s_per_token": hf_tok,
+        "speedup": hf_tok / ours_tok,
+        "goal": GOAL,
+        "greedy_tokens_equal": f"{same}/{args.new}",
+        "ours_first_call_s": first,
+        "hf_call_s": hf_total,
         "total_s": time.perf_counter() - t_start,
     }
     print(json.dumps(result, indent=1))
-    print(f"\n| prior_1b_lyrics top, batch 1, fp32 | ours {1e3 * ours_tok:.0f} ms/token | HF {1e3 * hf_tok:.0f} "
-          f"ms/token | **{hf_tok / ours_tok:.2f}x** (goal {GOAL}x) | greedy tokens equal {same}/{args.new} |")
+    print(
+        f"\n| prior_1b_lyrics top, batch 1, fp32 | ours {1e3 * ours_tok:.0f} ms/token | HF {1e3 * hf_tok:.0f} "
+        f"ms/token | **{hf_tok / ours_tok:.2f}x** (goal {GOAL}x) | greedy tokens equal {same}/{args.new} |"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

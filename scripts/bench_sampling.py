@@ -58,8 +58,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # HF's sampling loop updates a tqdm bar every token
 
@@ -82,7 +83,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 # The two models of one case
 
 
-def _hf_config_dict(priors_override: Optional[dict] = None, index: int = 1, codes: Optional[int] = None) -> dict:
+def _hf_config_dict(priors_override: dict | None = None, index: int = 1, codes: int | None = None) -> dict:
     """The tiny HF config, with prior ``index`` replaced by ``priors_override`` keys (mid-size)."""
     cfg = json.loads((TINY / "config.json").read_text())
     if priors_override:
@@ -98,13 +99,15 @@ def _hf_prior(cfg: dict, index: int, sd: dict):
     """HF ``JukeboxPrior`` number ``index`` (top-first) with the HF-keyed weights ``sd`` loaded strictly."""
     import numpy as np
     import torch
-    from transformers import JukeboxConfig as HFConfig, JukeboxModel, JukeboxPrior as HFPrior
+    from transformers import JukeboxConfig as HFConfig
+    from transformers import JukeboxModel
+    from transformers import JukeboxPrior as HFPrior
 
     config = HFConfig.from_dict(cfg)
     JukeboxModel.set_shared_params(None, config)  # sampling rate, timing, genres: set by the whole model
     prior = HFPrior(config.prior_configs[index], level=index).eval()
     pre = f"priors.{index}."
-    state = {k[len(pre):]: torch.from_numpy(np.array(v)) for k, v in sd.items() if k.startswith(pre)}
+    state = {k[len(pre) :]: torch.from_numpy(np.array(v)) for k, v in sd.items() if k.startswith(pre)}
     prior.load_state_dict(state, strict=True)
     return prior
 
@@ -147,8 +150,14 @@ class Case:
         conds = None if upper is None else [torch.from_numpy(upper).long()]
         torch.manual_seed(self.seed)
         with torch.no_grad():
-            return self.hf.sample(batch, music_tokens=None, music_tokens_conds=conds,
-                                  metadata=torch.from_numpy(y).long(), temp=1.0, sample_tokens=n)
+            return self.hf.sample(
+                batch,
+                music_tokens=None,
+                music_tokens_conds=conds,
+                metadata=torch.from_numpy(y).long(),
+                temp=1.0,
+                sample_tokens=n,
+            )
 
     def hf_logits(self, tokens, batch: int):
         """HF teacher-forced logits (``JukeboxPrior.forward_tokens`` crashes for priors without
@@ -206,13 +215,30 @@ def fixture_cases() -> list[Case]:
         c = config.priors[level]
         params = jax.device_put(prior_params_from_state_dict(by_level[f"prior_level_{level}"], c))
         upper = oracle.get(f"prior{index}/music_tokens_cond")
-        cases.append(Case(names[index], "fixture", Prior(config=c, params=params), _hf_prior(cfg, index, sd), index,
-                          oracle[f"prior{index}/metadata"][0], None if upper is None else upper[0]))
+        cases.append(
+            Case(
+                names[index],
+                "fixture",
+                Prior(config=c, params=params),
+                _hf_prior(cfg, index, sd),
+                index,
+                oracle[f"prior{index}/metadata"][0],
+                None if upper is None else upper[0],
+            )
+        )
     return cases
 
 
-MID = dict(n_ctx=2048, hidden_size=512, num_layers=24, n_heads=2, blocks=32,
-           attention_pattern="raw_column_previous_row_attention", res_conv_width=64, res_conv_depth=4)
+MID = dict(
+    n_ctx=2048,
+    hidden_size=512,
+    num_layers=24,
+    n_heads=2,
+    blocks=32,
+    attention_pattern="raw_column_previous_row_attention",
+    res_conv_width=64,
+    res_conv_depth=4,
+)
 
 
 def mid_case() -> Case:
@@ -301,10 +327,16 @@ def filter_costs(vocab: int = 2048, batch: int = 1, steps: int = 200) -> dict[st
         def body(i, acc):
             key = jax.random.fold_in(jax.random.key(1), i)
             return acc + sample_token(key, logits + acc[:, None].astype(jnp.float32) * 1e-9, 1.0, top_k, top_p)
+
         return jax.lax.fori_loop(0, steps, body, jnp.zeros((batch,), jnp.int32))
 
-    settings = {"none (draw only)": (0, 0.0), "top-k 8": (8, 0.0), "top-k 64": (64, 0.0), "top-k 512": (512, 0.0),
-                "top-p 0.9": (0, 0.9)}
+    settings = {
+        "none (draw only)": (0, 0.0),
+        "top-k 8": (8, 0.0),
+        "top-k 64": (64, 0.0),
+        "top-k 512": (512, 0.0),
+        "top-p 0.9": (0, 0.9),
+    }
     out = {}
     for name, (k, p) in settings.items():
         step = partial(run, jnp.int32(k), jnp.float32(p))
@@ -314,8 +346,11 @@ def filter_costs(vocab: int = 2048, batch: int = 1, steps: int = 200) -> dict[st
 
 
 def filters_markdown(costs: dict[str, float], vocab: int = 2048) -> str:
-    return (f"Logit filters, ms per step (one row, {vocab} codes): "
-            + ", ".join(f"{k} {v:.3g}" for k, v in costs.items()) + ".")
+    return (
+        f"Logit filters, ms per step (one row, {vocab} codes): "
+        + ", ".join(f"{k} {v:.3g}" for k, v in costs.items())
+        + "."
+    )
 
 
 def bench_case(case: Case, batch: int, reps: int, hf_tokens: int) -> dict:
@@ -345,20 +380,34 @@ def bench_case(case: Case, batch: int, reps: int, hf_tokens: int) -> dict:
     hf_t = tn if hf_full else t1 + (n - 1) * hf_slope
     ours_tps, hf_tps = batch * n / ours_t, batch * n / hf_t
     return {
-        "case": case.name, "kind": case.kind, "batch": batch, "window_tokens": n,
-        "ours_first_call_s": first, "ours_compile_s": max(first - _median(ours_one), 0.0),
-        "ours_window_s": ours_t, "ours_tokens_per_s": ours_tps, "ours_one_token_call_s": _median(ours_one),
-        "ours_ms_per_step_early": 1e3 * _median(early), "ours_ms_per_step_late": 1e3 * _median(late),
+        "case": case.name,
+        "kind": case.kind,
+        "batch": batch,
+        "window_tokens": n,
+        "ours_first_call_s": first,
+        "ours_compile_s": max(first - _median(ours_one), 0.0),
+        "ours_window_s": ours_t,
+        "ours_tokens_per_s": ours_tps,
+        "ours_one_token_call_s": _median(ours_one),
+        "ours_ms_per_step_early": 1e3 * _median(early),
+        "ours_ms_per_step_late": 1e3 * _median(late),
         "flat_ratio_late_over_early": _median(late) / _median(early),
-        "hf_window_s": hf_t, "hf_tokens_per_s": hf_tps,
+        "hf_window_s": hf_t,
+        "hf_tokens_per_s": hf_tps,
         "hf_window": "measured" if hf_full else f"extrapolated from {hf_n} tokens",
-        "hf_ms_per_step": 1e3 * hf_slope, "hf_one_token_call_s": t1,
-        "hf_ms_per_step_halves": None if hf_full else (
-            1e3 * (_median(hf_half) - t1) / (hf_n // 2 - 1), 1e3 * (tn - _median(hf_half)) / (hf_n - hf_n // 2)),
-        "floor_ms_per_step_xla": 1e3 * floor[0], "floor_ms_per_step_torch": 1e3 * floor[1],
+        "hf_ms_per_step": 1e3 * hf_slope,
+        "hf_one_token_call_s": t1,
+        "hf_ms_per_step_halves": None
+        if hf_full
+        else (1e3 * (_median(hf_half) - t1) / (hf_n // 2 - 1), 1e3 * (tn - _median(hf_half)) / (hf_n - hf_n // 2)),
+        "floor_ms_per_step_xla": 1e3 * floor[0],
+        "floor_ms_per_step_torch": 1e3 * floor[1],
         "max_speedup_fp32": hf_slope / floor[0],
-        "speedup": ours_tps / hf_tps, "goal": GOALS[case.kind], "goal_met": ours_tps / hf_tps >= GOALS[case.kind],
-        "reps": reps, "inner": inner,
+        "speedup": ours_tps / hf_tps,
+        "goal": GOALS[case.kind],
+        "goal_met": ours_tps / hf_tps >= GOALS[case.kind],
+        "reps": reps,
+        "inner": inner,
     }
 
 
@@ -379,37 +428,50 @@ def markdown(rows: list[dict], checks: dict, meta: dict) -> str:
             f"| {r['case']} | {r['batch']} | {r['window_tokens']} | {r['ours_window_s']:.3g} | {r['ours_tokens_per_s']:.0f} | "
             f"{r['ours_ms_per_step_early']:.3g} / {r['ours_ms_per_step_late']:.3g} | "
             f"{r['ours_compile_s']:.1f} | {hf_win} | {r['hf_tokens_per_s']:.0f} | {r['hf_ms_per_step']:.3g} | "
-            f"**{r['speedup']:.1f}x** | {r['goal']:.0f}x {'met' if r['goal_met'] else 'NOT met'} | " + (
-                "– | – |" if r["kind"] != "mid" else
-                f"{r['floor_ms_per_step_xla']:.3g} / {r['floor_ms_per_step_torch']:.3g} | {r['max_speedup_fp32']:.2f}x |"))
+            f"**{r['speedup']:.1f}x** | {r['goal']:.0f}x {'met' if r['goal_met'] else 'NOT met'} | "
+            + (
+                "– | – |"
+                if r["kind"] != "mid"
+                else f"{r['floor_ms_per_step_xla']:.3g} / {r['floor_ms_per_step_torch']:.3g} | {r['max_speedup_fp32']:.2f}x |"
+            )
+        )
     lines.append("")
-    lines.append("Teacher-forced logits, ours vs HF (max |diff| / max |logit|): "
-                 + ", ".join(f"{k} {v:.1e}" for k, v in checks.items()) + ".")
+    lines.append(
+        "Teacher-forced logits, ours vs HF (max |diff| / max |logit|): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in checks.items())
+        + "."
+    )
     return "\n".join(lines)
 
 
 def _load() -> str:
     try:
-        return "%.1f" % os.getloadavg()[0]
+        return f"{os.getloadavg()[0]:.1f}"
     except OSError:
         return "?"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, mid-size at batch 1 only")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads of torch and XLA (default 1: see the module docstring)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads of torch and XLA (default 1: see the module docstring)"
+    )
     parser.add_argument("--hf-tokens", type=int, default=256, help="HF tokens timed on the mid-size prior")
-    parser.add_argument("--reps", type=int, default=None, help="interleaved repeats of the fixture cases "
-                        "(default 3, quick 2; the mid-size case: 2 at batch 1, else 1)")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="interleaved repeats of the fixture cases (default 3, quick 2; the mid-size case: 2 at batch 1, else 1)",
+    )
     parser.add_argument("--skip-mid", action="store_true")
     parser.add_argument("--filters", action="store_true", help="only time the logit filters (no HF needed)")
     args = parser.parse_args(argv)
     if args.threads == 1:  # before jax starts its thread pool
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        ).strip()
     elif args.threads != os.cpu_count():
         print(f"note: XLA uses all {os.cpu_count()} cores; only torch gets {args.threads}", file=sys.stderr)
     t_start = time.perf_counter()
@@ -435,25 +497,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.skip_mid:
         case = mid_case()
         checks["mid"] = case.check_same_model()
-        for batch in ((1,) if args.quick else (1, 8)):
+        for batch in (1,) if args.quick else (1, 8):
             rows.append(bench_case(case, batch, 1 if args.quick or batch > 1 else 2, args.hf_tokens))
             print(f"# {case.name} batch {batch}: {rows[-1]['speedup']:.1f}x", file=sys.stderr, flush=True)
         del case
 
     meta = {
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.processor() or platform.platform()})",
-        "load_before": load_before, "load_after": _load(),
+        "load_before": load_before,
+        "load_after": _load(),
         "xla_threads": 1 if args.threads == 1 else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "jax": jax.__version__, "torch": torch.__version__,
-        "transformers": transformers.__version__, "total_s": time.perf_counter() - t_start,
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "total_s": time.perf_counter() - t_start,
         "command": "python scripts/bench_sampling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     filters = filter_costs()
     print(markdown(rows, checks, meta))
     print(filters_markdown(filters))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "logit_checks": checks, "rows": rows, "filters_ms": filters},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps({"meta": meta, "logit_checks": checks, "rows": rows, "filters_ms": filters}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jukebox_flax.config import preset
@@ -42,8 +41,10 @@ def main() -> None:
     config = preset("vqvae")
     params = init_vqvae_params(config, jax.random.PRNGKey(0))
     # a random codebook, so the codes (and the decode) are not all the same
-    params["bottleneck"] = {name: {"k": jax.random.normal(jax.random.PRNGKey(i), block["k"].shape) * 0.1}
-                            for i, (name, block) in enumerate(params["bottleneck"].items())}
+    params["bottleneck"] = {
+        name: {"k": jax.random.normal(jax.random.PRNGKey(i), block["k"].shape) * 0.1}
+        for i, (name, block) in enumerate(params["bottleneck"].items())
+    }
     params = jax.tree_util.tree_map(lambda a: a.astype(args.dtype), params)
     hop = config.hop_length
     n = int(args.seconds * config.sr) // hop * hop
@@ -54,8 +55,10 @@ def main() -> None:
     whole = VQVAE(config, params, chunk_samples=n)
     chunked = VQVAE(config, params, chunk_samples=chunk)
     codes = whole.encode(audio)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
-          f"{args.batch} x {n / config.sr:.1f} s, window {chunk / config.sr:.1f} s")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
+        f"{args.batch} x {n / config.sr:.1f} s, window {chunk / config.sr:.1f} s"
+    )
     rows = [
         ("encode", "whole", lambda: whole.encode(audio)),
         ("encode", "chunked", lambda: chunked.encode(audio)),

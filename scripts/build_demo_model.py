@@ -32,8 +32,13 @@ def main() -> None:
     parser.add_argument("--vqvae", required=True, help="the VQ-VAE run's model directory")
     parser.add_argument("--priors", nargs="+", required=True, help="the prior runs' model directories, level 0 first")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument("--hop-fraction", type=float, nargs="+", default=[0.5, 0.5, 0.125],
-                        help="sampling window hop per level, level 0 first (the released values)")
+    parser.add_argument(
+        "--hop-fraction",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.5, 0.125],
+        help="sampling window hop per level, level 0 first (the released values)",
+    )
     args = parser.parse_args()
 
     vq_params, vq_config, _ = training.load_component(args.vqvae, "vqvae")

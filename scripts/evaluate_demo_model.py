@@ -56,13 +56,19 @@ def features(audio: np.ndarray, sr: int) -> dict[str, float]:
     logp = np.log(power)
     flux = np.maximum(logp[1:] - logp[:-1], 0).mean(1)
     thresh = np.median(flux) + 1.0
-    peaks = [i for i in range(1, len(flux) - 1) if flux[i] > thresh and flux[i] >= flux[i - 1] and flux[i] > flux[i + 1]]
+    peaks = [
+        i for i in range(1, len(flux) - 1) if flux[i] > thresh and flux[i] >= flux[i - 1] and flux[i] > flux[i + 1]
+    ]
     seconds = len(audio) / sr
     # pitch: the loudest bin between 43 Hz and 4.3 kHz (the synthetic songs' notes and bass)
     pitch = np.argmax(power[:, 2:200], axis=1)
     changes = np.sum((np.abs(np.diff(pitch)) > 1) & loud[1:] & loud[:-1])
-    return {"centroid_hz": centroid, "flatness": flatness, "onsets_per_s": len(peaks) / seconds,
-            "note_changes_per_s": float(changes / seconds)}
+    return {
+        "centroid_hz": centroid,
+        "flatness": flatness,
+        "onsets_per_s": len(peaks) / seconds,
+        "note_changes_per_s": float(changes / seconds),
+    }
 
 
 def mean_features(clips: list[np.ndarray], sr: int) -> dict[str, float]:
@@ -85,8 +91,10 @@ def separation(groups: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             ga, gb = groups[a], groups[b]
-            out[f"{a} - {b}"] = {k: float((ga[k] - gb[k]) / max(np.sqrt((ga[k + "_std"] ** 2 + gb[k + "_std"] ** 2) / 2),
-                                                                  1e-12)) for k in keys}
+            out[f"{a} - {b}"] = {
+                k: float((ga[k] - gb[k]) / max(np.sqrt((ga[k + "_std"] ** 2 + gb[k + "_std"] ** 2) / 2), 1e-12))
+                for k in keys
+            }
     return out
 
 
@@ -141,9 +149,11 @@ def prior_losses(model: Path, vq, songs, batches: int, batch: int) -> dict[str, 
             y[:, 3] = (y[:, 3] % n_artists) + 1  # another artist (ids 1..n)
             y[:, 4] = (y[:, 4] % n_genres) + 1  # another genre
             wrong.append(float(bits(prior.params, b.audio, y)))
-        out[f"prior_level_{level}"] = {"bits_per_token": float(np.mean(right)),
-                                       "bits_wrong_labels": float(np.mean(wrong)),
-                                       "uniform_bits": float(np.log2(config.bins))}
+        out[f"prior_level_{level}"] = {
+            "bits_per_token": float(np.mean(right)),
+            "bits_wrong_labels": float(np.mean(wrong)),
+            "uniform_bits": float(np.log2(config.bins)),
+        }
         if not config.is_upsampler:
             out[f"prior_level_{level}"].update(identify_labels(bits, prior.params, data, labeller))
     return out
@@ -170,8 +180,15 @@ def identify_labels(bits, params, data, labeller, crops_per_song: int = 2) -> di
     return {f"{name}_id_accuracy": float(np.mean(h)) for name, h in hits.items()}
 
 
-def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], seconds: float, batch: int,
-                        sr: int, temperature: float, seeds: int = 1) -> dict[str, dict[str, float]]:
+def conditioned_samples(
+    model: Path,
+    groups: dict[str, list[tuple[str, str]]],
+    seconds: float,
+    batch: int,
+    sr: int,
+    temperature: float,
+    seeds: int = 1,
+) -> dict[str, dict[str, float]]:
     """Sample the top level only (decoded from its codes) for every (artist, genre) of each group,
     ``seeds`` runs of ``batch`` clips each; the features per group (mean and spread over clips)."""
     import soundfile as sf
@@ -187,9 +204,28 @@ def conditioned_samples(model: Path, groups: dict[str, list[tuple[str, str]]], s
                 for j in range(seeds):
                     run = Path(tmp) / f"{name}_{k}_{j}"
                     args = build_parser().parse_args(
-                        ["sample", "--model", str(model), "--seconds", str(seconds), "--levels", "1", "--batch",
-                         str(batch), "--artist", artist, "--genre", genre, "--seed", str(k * seeds + j),
-                         "--temperature", str(temperature), "--out", str(run)])
+                        [
+                            "sample",
+                            "--model",
+                            str(model),
+                            "--seconds",
+                            str(seconds),
+                            "--levels",
+                            "1",
+                            "--batch",
+                            str(batch),
+                            "--artist",
+                            artist,
+                            "--genre",
+                            genre,
+                            "--seed",
+                            str(k * seeds + j),
+                            "--temperature",
+                            str(temperature),
+                            "--out",
+                            str(run),
+                        ]
+                    )
                     run_sample(args)
                     clips += [sf.read(str(f), dtype="float32")[0] for f in sorted((run / "level_2").glob("*.wav"))]
             out[name] = mean_features(clips, sr)
@@ -223,34 +259,61 @@ def main() -> None:
     print("VQ-VAE reconstruction SNR (dB):", json.dumps(report["vqvae"]))
     report["priors"] = prior_losses(model, vq, songs, args.batches, args.batch)
     for name, r in report["priors"].items():
-        print(f"{name}: {r['bits_per_token']:.3f} bits/token (wrong labels {r['bits_wrong_labels']:.3f}; "
-              f"uniform {r['uniform_bits']:.3f})" + "".join(f"; {k} {v:.2f}" for k, v in r.items() if "accuracy" in k))
+        print(
+            f"{name}: {r['bits_per_token']:.3f} bits/token (wrong labels {r['bits_wrong_labels']:.3f}; "
+            f"uniform {r['uniform_bits']:.3f})" + "".join(f"; {k} {v:.2f}" for k, v in r.items() if "accuracy" in k)
+        )
     # reference: the held-out songs per genre, through the top level of the VQ-VAE
     top = np.asarray(vq.decode(codes[-1:], start_level=len(codes) - 1))[:, :, 0]
     genres = sorted({s.genre for s in songs})
-    report["heldout_top_recon"] = {g: mean_features([top[i] for i, s in enumerate(songs) if s.genre == g], sr)
-                                   for g in genres}
-    report["heldout_original"] = {g: mean_features([x[i, :, 0] for i, s in enumerate(songs) if s.genre == g], sr)
-                                  for g in genres}
+    report["heldout_top_recon"] = {
+        g: mean_features([top[i] for i, s in enumerate(songs) if s.genre == g], sr) for g in genres
+    }
+    report["heldout_original"] = {
+        g: mean_features([x[i, :, 0] for i, s in enumerate(songs) if s.genre == g], sr) for g in genres
+    }
     artists = sorted({s.artist for s in songs})
     report["samples_by_genre"] = conditioned_samples(
-        model, {g: [(a, g) for a in args.artists] for g in genres}, args.seconds, args.sample_batch, sr, args.temperature,
-        args.sample_seeds)
+        model,
+        {g: [(a, g) for a in args.artists] for g in genres},
+        args.seconds,
+        args.sample_batch,
+        sr,
+        args.temperature,
+        args.sample_seeds,
+    )
     report["separation_samples_by_genre"] = separation(report["samples_by_genre"])
     report["separation_heldout_top_recon"] = separation(report["heldout_top_recon"])
     # artists set the register: compare them on the sine-tone genre, where the centroid follows pitch
     report["heldout_top_recon_by_artist"] = {
         a: mean_features([top[i] for i, s in enumerate(songs) if s.artist == a and s.genre == "ambient"], sr)
-        for a in artists}
+        for a in artists
+    }
     report["samples_by_artist"] = conditioned_samples(
-        model, {a: [(a, "ambient")] for a in artists}, args.seconds, args.sample_batch, sr, args.temperature,
-        2 * args.sample_seeds)
-    for key in ("heldout_original", "heldout_top_recon", "samples_by_genre", "heldout_top_recon_by_artist",
-                "samples_by_artist"):
+        model,
+        {a: [(a, "ambient")] for a in artists},
+        args.seconds,
+        args.sample_batch,
+        sr,
+        args.temperature,
+        2 * args.sample_seeds,
+    )
+    for key in (
+        "heldout_original",
+        "heldout_top_recon",
+        "samples_by_genre",
+        "heldout_top_recon_by_artist",
+        "samples_by_artist",
+    ):
         print(f"{key}:")
         for g, f in report[key].items():
-            print(f"  {g:11s} " + "  ".join(f"{k} {v:.4g}±{f[k + '_std']:.2g}" for k, v in f.items()
-                                             if not k.endswith("_std") and k != "clips") + f"  ({f['clips']} clips)")
+            print(
+                f"  {g:11s} "
+                + "  ".join(
+                    f"{k} {v:.4g}±{f[k + '_std']:.2g}" for k, v in f.items() if not k.endswith("_std") and k != "clips"
+                )
+                + f"  ({f['clips']} clips)"
+            )
     for key in ("separation_heldout_top_recon", "separation_samples_by_genre"):
         print(f"{key} (difference of means / pooled std):")
         for g, f in report[key].items():

@@ -19,8 +19,8 @@ import numpy as np
 
 from jukebox_flax.checkpoint import save_whole_model_dir
 from jukebox_flax.config import JukeboxConfig, PriorConfig
-from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax.labels import V2_ALPHABET, V3_ALPHABET, Labeller
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.prior_keys import prior_params_from_state_dict
 from jukebox_flax_convert.vqvae_keys import vqvae_params_from_state_dict
 
@@ -36,8 +36,9 @@ def _state_dict(name: str) -> dict[str, np.ndarray]:
 def _vocab(config: PriorConfig) -> dict:
     """Only the 'unknown' artist and genre: the fixture models were never trained on names."""
     alphabet = V3_ALPHABET if config.labels_v3 else V2_ALPHABET
-    labeller = Labeller(version=config.labeller_version, artists={"unknown": 0}, genres={"unknown": 0},
-                        alphabet=alphabet).for_config(config)
+    labeller = Labeller(
+        version=config.labeller_version, artists={"unknown": 0}, genres={"unknown": 0}, alphabet=alphabet
+    ).for_config(config)
     return labeller.vocab_dict()
 
 
@@ -57,8 +58,9 @@ def main() -> None:
         components[f"prior_level_{level}"] = (params, config, _vocab(config))
         priors.append(config)
     whole = JukeboxConfig(vqvae=vq_config, priors=tuple(priors), hop_fraction=(0.5, 0.5, 0.125))
-    path = save_whole_model_dir(args.out, components, whole, vocab=components["prior_level_2"][2],
-                                overwrite=args.overwrite)
+    path = save_whole_model_dir(
+        args.out, components, whole, vocab=components["prior_level_2"][2], overwrite=args.overwrite
+    )
     print(f"wrote {path}")
 
 

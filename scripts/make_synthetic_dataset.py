@@ -34,7 +34,11 @@ ARTISTS = {
     "Ada Low": ((0, 2, 4, 5, 7, 9, 11), 130.81, "river stone deep slow water under ground old road home".split()),
     "Ben High": ((0, 2, 4, 5, 7, 9, 11), 523.25, "sky light bird fly bright sun wing cloud high morning".split()),
     "Cleo Minor": ((0, 2, 3, 5, 7, 8, 10), 220.00, "night rain cold alone shadow grey tears winter moon lost".split()),
-    "Dev Tritone": ((0, 2, 4, 6, 8, 10), 369.99, "machine wire signal static orbit electric future glass neon code".split()),
+    "Dev Tritone": (
+        (0, 2, 4, 6, 8, 10),
+        369.99,
+        "machine wire signal static orbit electric future glass neon code".split(),
+    ),
 }
 
 # genre -> (beats per minute, note length in beats, timbre, chorus word)
@@ -167,8 +171,14 @@ def make_dataset(out: Path, songs_per_pair: int = 4, seconds: float = 8.0, seed:
                 rng = np.random.default_rng([seed, a, g, k])
                 name = f"{artist.split()[0].lower()}_{genre}_{k:02d}.wav"
                 sf.write(str(audio_dir / name), render_song(artist, genre, seconds, rng), SR, subtype="PCM_16")
-                rows.append({"file": f"audio/{name}", "artist": artist, "genre": genre,
-                             "lyrics": lyrics_for(artist, genre, rng)})
+                rows.append(
+                    {
+                        "file": f"audio/{name}",
+                        "artist": artist,
+                        "genre": genre,
+                        "lyrics": lyrics_for(artist, genre, rng),
+                    }
+                )
     metadata = out / "metadata.csv"
     with open(metadata, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["file", "artist", "genre", "lyrics"])

@@ -24,21 +24,31 @@ def rows(chunk_size: int = 32) -> list[dict]:
         config = preset(name)
         for label, dtype, released in PRECISIONS:
             plan = memory_plan(config, dtype, released, chunk_size)
-            out.append({
-                "prior": name, "precision": label, "params_gb": plan.params / GB,
-                "cache_gb": plan.cache_per_sample / GB, "activations_gb": plan.activations_per_sample / GB,
-                **{f"batch_{d}gb": plan.max_batch(d * GB) for d in DEVICES_GB},
-            })
+            out.append(
+                {
+                    "prior": name,
+                    "precision": label,
+                    "params_gb": plan.params / GB,
+                    "cache_gb": plan.cache_per_sample / GB,
+                    "activations_gb": plan.activations_per_sample / GB,
+                    **{f"batch_{d}gb": plan.max_batch(d * GB) for d in DEVICES_GB},
+                }
+            )
     return out
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| prior | precision | params GB | KV cache GB/sample | activations GB/sample | "
-             + " | ".join(f"max batch {d} GB" for d in DEVICES_GB) + " |",
-             "|---|---|---|---|---|" + "---|" * len(DEVICES_GB)]
+    lines = [
+        "| prior | precision | params GB | KV cache GB/sample | activations GB/sample | "
+        + " | ".join(f"max batch {d} GB" for d in DEVICES_GB)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(DEVICES_GB),
+    ]
     for r in table:
-        lines.append(f"| {r['prior']} | {r['precision']} | {r['params_gb']:.2f} | {r['cache_gb']:.3f} | "
-                     f"{r['activations_gb']:.3f} | " + " | ".join(str(r[f'batch_{d}gb']) for d in DEVICES_GB) + " |")
+        lines.append(
+            f"| {r['prior']} | {r['precision']} | {r['params_gb']:.2f} | {r['cache_gb']:.3f} | "
+            f"{r['activations_gb']:.3f} | " + " | ".join(str(r[f"batch_{d}gb"]) for d in DEVICES_GB) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -47,8 +57,10 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=32, help="prefill positions per call")
     args = parser.parse_args()
     print(markdown(rows(args.chunk_size)))
-    print(f"\nHeadroom 10 % of the device; chunk size {args.chunk_size}; one device (with a data axis of D "
-          "devices the batch is D times larger; a model axis of M divides params and KV cache by ~M).")
+    print(
+        f"\nHeadroom 10 % of the device; chunk size {args.chunk_size}; one device (with a data axis of D "
+        "devices the batch is D times larger; a model axis of M divides params and KV cache by ~M)."
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import jax.numpy as jnp
 
@@ -29,7 +29,7 @@ from jukebox_flax.prior.api import load_prior
 from jukebox_flax.vqvae.api import load_vqvae
 
 
-def _labeller(args, config: PriorConfig, songs, vocab: Optional[dict]) -> Optional[Labeller]:
+def _labeller(args, config: PriorConfig, songs, vocab: dict | None) -> Labeller | None:
     if not config.labels:
         return None
     if args.vocab:
@@ -42,19 +42,25 @@ def _labeller(args, config: PriorConfig, songs, vocab: Optional[dict]) -> Option
     if max(labeller.artists.values()) >= config.artist_bins or max(labeller.genres.values()) >= config.genre_bins:
         raise training.TrainingError(
             f"the vocabulary has {max(labeller.artists.values()) + 1} artist and {max(labeller.genres.values()) + 1}"
-            f" genre ids; the prior takes {config.artist_bins} and {config.genre_bins} (artist_bins / genre_bins)")
+            f" genre ids; the prior takes {config.artist_bins} and {config.genre_bins} (artist_bins / genre_bins)"
+        )
     return labeller
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     training.add_training_args(parser)
     parser.add_argument("--vqvae", required=True, help="the VQ-VAE (a vqvae or whole-model directory)")
     parser.add_argument("--level", type=int, help="with --init-from a whole model: the prior level (default top)")
     parser.add_argument("--vocab", help="labels vocabulary (vocab.json) to use instead of the default")
-    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                        help="keep a moving average of the params with this decay (the original: 0.9999) "
-                             "and export it instead of the last params")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="keep a moving average of the params with this decay (the original: 0.9999) "
+        "and export it instead of the last params",
+    )
     args = parser.parse_args(argv)
 
     init_params, vocab = None, None
@@ -67,14 +73,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     labeller = _labeller(args, config, songs, vocab)
     vqvae = load_vqvae(args.vqvae)
     dataset = AudioDataset(songs, config.sample_length, labeller, sr=config.sr)
-    print(f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
-          f"{config.n_ctx} tokens = {config.sample_length} samples per crop")
+    print(
+        f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
+        f"{config.n_ctx} tokens = {config.sample_length} samples per crop"
+    )
     task = training.prior_task(config, training.optim_from_args(args), vqvae, init_params=init_params)
     if args.ema:
         task = training.with_param_ema(task, args.ema)
     state, step = training.train(
-        task, lambda i: dataset.batch(i, args.batch, args.seed), args.steps, args.out, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, log_every=args.log_every,
+        task,
+        lambda i: dataset.batch(i, args.batch, args.seed),
+        args.steps,
+        args.out,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep,
+        log_every=args.log_every,
         progress=not args.no_progress,
     )
     vocab_out = labeller.vocab_dict() if labeller is not None else None

@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from jukebox_flax import training
 from jukebox_flax.config import VQVAEConfig
 from jukebox_flax.data import AudioDataset
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     training.add_training_args(parser)
-    parser.add_argument("--sample-length", type=int, default=32768,
-                        help="crop length in samples (a multiple of the top hop length)")
-    parser.add_argument("--bandwidth-examples", type=int, default=32,
-                        help="crops used to estimate the loss scales (the original's bandwidth)")
+    parser.add_argument(
+        "--sample-length", type=int, default=32768, help="crop length in samples (a multiple of the top hop length)"
+    )
+    parser.add_argument(
+        "--bandwidth-examples",
+        type=int,
+        default=32,
+        help="crops used to estimate the loss scales (the original's bandwidth)",
+    )
     args = parser.parse_args(argv)
 
     init_params = None
@@ -37,11 +42,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     dataset = AudioDataset.from_folder(args.data, args.sample_length, args.metadata, sr=config.sr)
     bandwidth = training.data_bandwidth(dataset, args.bandwidth_examples, args.seed)
     print(f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; bandwidth {bandwidth}")
-    task = training.vqvae_task(config, training.optim_from_args(args), init_params=init_params,
-                               bandwidth=bandwidth)
+    task = training.vqvae_task(config, training.optim_from_args(args), init_params=init_params, bandwidth=bandwidth)
     state, step = training.train(
-        task, lambda i: dataset.batch(i, args.batch, args.seed), args.steps, args.out, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep, log_every=args.log_every,
+        task,
+        lambda i: dataset.batch(i, args.batch, args.seed),
+        args.steps,
+        args.out,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep,
+        log_every=args.log_every,
         progress=not args.no_progress,
     )
     path = training.export_model(f"{args.out}/model", task.params(state), config)

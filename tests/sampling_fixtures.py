@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import hps, load_npz, state_dict
+
 from jukebox_flax.prior.api import Prior
 from jukebox_flax.vqvae.api import VQVAE
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps

@@ -55,7 +55,7 @@ class ToyPrior(nn.Module):
         x_cond = jnp.zeros((b, c.total_ctx, c.width)) + 0.1 * self.y_emb(jnp.abs(y[:, 1:2]) % 64)
         if upper is not None:
             up = jnp.repeat(self.y_emb(upper % 64), c.cond_downsample, axis=1)
-            x_cond = x_cond.at[:, c.n_tokens:].add(up)
+            x_cond = x_cond.at[:, c.n_tokens :].add(up)
         return dict(x_cond=x_cond, y_cond=y_cond, encoder_kv=None)
 
     def init_cache(self, batch, dtype=None):
@@ -109,13 +109,15 @@ def make_toy(config: ToyConfig = ToyConfig(), seed: int = 0) -> ToyPriorHandle:
 def greedy_reference(handle: ToyPriorHandle, y, upper, prime: np.ndarray, n: int) -> np.ndarray:
     """Greedy decoding by re-running the teacher-forced model for every new token (no KV cache)."""
     c = handle.config
-    cond = handle.module.apply({"params": handle.params}, jnp.asarray(y), None if upper is None else
-                               jnp.asarray(upper), method="condition")
-    forward = jax.jit(lambda tokens: handle.module.apply({"params": handle.params}, tokens,
-                                                         method="teacher_forced", **cond))
+    cond = handle.module.apply(
+        {"params": handle.params}, jnp.asarray(y), None if upper is None else jnp.asarray(upper), method="condition"
+    )
+    forward = jax.jit(
+        lambda tokens: handle.module.apply({"params": handle.params}, tokens, method="teacher_forced", **cond)
+    )
     seq = np.asarray(prime, np.int64)
     if c.n_tokens:
-        seq = np.concatenate([np.asarray(y)[:, -c.n_tokens:], seq + c.n_vocab], axis=1)
+        seq = np.concatenate([np.asarray(y)[:, -c.n_tokens :], seq + c.n_vocab], axis=1)
     for _ in range(n):
         # a full-length buffer (one compilation); causal, so the padding never matters
         buf = np.zeros((seq.shape[0], c.total_ctx), np.int32)
@@ -123,5 +125,5 @@ def greedy_reference(handle: ToyPriorHandle, y, upper, prime: np.ndarray, n: int
         logits = np.asarray(forward(jnp.asarray(buf)))[:, seq.shape[1]]
         seq = np.concatenate([seq, np.argmax(logits, -1)[:, None]], axis=1)
     if c.n_tokens:
-        seq = np.maximum(seq[:, c.n_tokens:] - c.n_vocab, 0)
+        seq = np.maximum(seq[:, c.n_tokens :] - c.n_vocab, 0)
     return seq

@@ -76,7 +76,9 @@ def test_empty_genre_slots_are_masked():
     labels = jnp.asarray([[0, 0, 0, 7, 3, -1, -1, -1, -1], [0, 0, 0, 7, 3, 5, -1, -1, -1]], jnp.int32)
     start, _ = LabelConditioner(c).apply({"params": params}, labels)
     artist, genre = params["artist_emb"]["embedding"], params["genre_emb"]["embedding"]
-    np.testing.assert_allclose(np.asarray(start[:, 0]), [artist[7] + genre[3], artist[7] + genre[3] + genre[5]], atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(start[:, 0]), [artist[7] + genre[3], artist[7] + genre[3] + genre[5]], atol=1e-7
+    )
 
 
 def test_check_labels_errors():

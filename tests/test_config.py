@@ -4,8 +4,8 @@ original hps and HF config.json."""
 import json
 
 import pytest
-
 from conftest import HF, hps
+
 from jukebox_flax.config import (
     PRESETS,
     ConfigError,
@@ -129,8 +129,19 @@ def test_attention_layout_orders():
 
 def test_training_only_fields_are_marked_by_field_metadata():
     assert training_only_fields(VQVAEConfig) == {
-        "l_mu", "commit", "revival_threshold", "loss_fn", "lmix_l1", "lmix_l2", "lmix_linf", "linf_k", "spectral",
-        "multispectral", "multispec_n_fft", "multispec_hop_length", "multispec_window_size",
+        "l_mu",
+        "commit",
+        "revival_threshold",
+        "loss_fn",
+        "lmix_l1",
+        "lmix_l2",
+        "lmix_linf",
+        "linf_k",
+        "spectral",
+        "multispectral",
+        "multispec_n_fft",
+        "multispec_hop_length",
+        "multispec_window_size",
     }
     assert training_only_fields(preset("prior_5b_lyrics")) == {"prime_loss_fraction", "fp16_params"}
     assert training_only_fields(LyricEncoderConfig()) == frozenset()

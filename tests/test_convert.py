@@ -13,15 +13,27 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import HF, hps, load_npz, state_dict  # noqa: E402
+
 from jukebox_flax.checkpoint import load_config, load_params  # noqa: E402
 from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig  # noqa: E402
-from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps  # noqa: E402
 from jukebox_flax_convert import ConvertError, convert, export  # noqa: E402
 from jukebox_flax_convert.export import hps_from_config  # noqa: E402
 from jukebox_flax_convert.hf_keys import original_to_hf, split_hf_state_dict  # noqa: E402
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps  # noqa: E402
 
-VQVAE_KEYS = ("levels", "downs_t", "strides_t", "hvqvae_multipliers", "emb_width", "l_bins", "width", "depth",
-              "dilation_growth_rate", "dilation_cycle", "vqvae_reverse_decoder_dilation")
+VQVAE_KEYS = (
+    "levels",
+    "downs_t",
+    "strides_t",
+    "hvqvae_multipliers",
+    "emb_width",
+    "l_bins",
+    "width",
+    "depth",
+    "dilation_growth_rate",
+    "dilation_cycle",
+    "vqvae_reverse_decoder_dilation",
+)
 
 
 def standin_mapping(sd, config) -> dict:
@@ -65,7 +77,11 @@ def prior_hps(name: str) -> dict:
 
 def save_official(path, sd: dict, hps_dict=None, **extra) -> None:
     ckpt = {"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, **extra}
-    if "prior.x_out.weight" in sd and "prior.x_emb.weight" in sd and np.array_equal(sd["prior.x_out.weight"], sd["prior.x_emb.weight"]):
+    if (
+        "prior.x_out.weight" in sd
+        and "prior.x_emb.weight" in sd
+        and np.array_equal(sd["prior.x_out.weight"], sd["prior.x_emb.weight"])
+    ):
         ckpt["model"]["prior.x_out.weight"] = ckpt["model"]["prior.x_emb.weight"]  # tied storage, as released
     if hps_dict is not None:
         ckpt["hps"] = hps_dict
@@ -177,6 +193,7 @@ def test_prior_file(name, level, tmp_path, mappings):
 
 def test_stacked_rows_stack_only_when_loaded_and_cast_like_astype():
     import ml_dtypes
+
     from jukebox_flax_convert.convert import StackedRows
 
     rows = [np.random.default_rng(i).normal(size=(3, 5)).astype(np.float32) for i in range(4)]
@@ -221,7 +238,7 @@ def write_hf(path, sd: dict, config: dict, fmt: str) -> None:
     from safetensors.numpy import save_file
 
     keys = sorted(sd)
-    shards = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
+    shards = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
     weight_map = {}
     for i, shard in enumerate(shards):
         name = f"model-0000{i + 1}-of-00002.safetensors"
@@ -268,7 +285,8 @@ def test_hf_renames_invert_and_match_the_original_layout(hf_parts):
     parts = split_hf_state_dict(sd, config)
     for name, part in parts.items():
         assert {original_to_hf(name, k) for k in part} == {
-            k for k in sd if k.startswith("vqvae." if name == "vqvae" else f"priors.{2 - int(name[-1])}.")}
+            k for k in sd if k.startswith("vqvae." if name == "vqvae" else f"priors.{2 - int(name[-1])}.")
+        }
     # same VQ-VAE topology as the official tiny fixture: every key and conv shape agrees
     official = state_dict(load_npz("openai/vqvae_tiny"))
     assert set(parts["vqvae"]) == set(official)
@@ -297,11 +315,14 @@ def test_corrupt_safetensors_is_a_clear_error(hf_parts, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("change,message", [
-    ("drop", "missing decoders.0.out.weight"),
-    ("extra", "unexpected"),
-    ("reshape", "decoders.0.out.weight"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ("drop", "missing decoders.0.out.weight"),
+        ("extra", "unexpected"),
+        ("reshape", "decoders.0.out.weight"),
+    ],
+)
 def test_missing_unexpected_or_misshaped_tensors_are_named(change, message, tmp_path):
     sd = state_dict(load_npz("openai/vqvae_tiny"))
     if change == "drop":
@@ -425,4 +446,6 @@ def test_cli_convert_and_errors(vqvae_file, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
     assert main(["export", str(tmp_path / "vq"), str(tmp_path / "vq.pth.tar")]) == 0
-    assert torch.load(tmp_path / "vq.pth.tar", weights_only=True)["model"]["decoders.0.out.weight"].dtype == torch.float16
+    assert (
+        torch.load(tmp_path / "vq.pth.tar", weights_only=True)["model"]["decoders.0.out.weight"].dtype == torch.float16
+    )

@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import load_script
+
 from jukebox_flax.audio import load_audio
 from jukebox_flax.data import AudioDataset, DataError, labeller_for_songs, read_metadata
 from jukebox_flax.labels import LabelError
-
 
 
 def test_metadata_csv_and_jsonl_agree(data, tmp_path):
@@ -22,8 +21,13 @@ def test_metadata_csv_and_jsonl_agree(data, tmp_path):
     assert len(songs) == 12 and {s.genre for s in songs} == {"ambient", "chiptune", "breakbeat"}
     assert songs[0].path == data / "audio" / "ada_ambient_00.wav" and "\n" in songs[0].lyrics
     jsonl = data / "metadata.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"file": f"audio/{s.path.name}", "artist": s.artist, "genre": s.genre,
-                                           "lyrics": s.lyrics}) for s in songs) + "\n")
+    jsonl.write_text(
+        "\n".join(
+            json.dumps({"file": f"audio/{s.path.name}", "artist": s.artist, "genre": s.genre, "lyrics": s.lyrics})
+            for s in songs
+        )
+        + "\n"
+    )
     assert read_metadata(jsonl) == songs
 
 
@@ -57,7 +61,9 @@ def test_crops_and_labels_in_samples(data):
         audio = load_audio(song.path)
         assert 0 <= offset <= len(audio) - 4096
         np.testing.assert_array_equal(batch.audio[i, :, 0], audio[offset : offset + 4096])
-        expected = labeller.with_shape(sample_length=4096).get_y(song.artist, song.genre, song.lyrics, len(audio), offset)
+        expected = labeller.with_shape(sample_length=4096).get_y(
+            song.artist, song.genre, song.lyrics, len(audio), offset
+        )
         np.testing.assert_array_equal(batch.y[i], expected)
         assert batch.y[i, :3].tolist() == [44100, offset, 4096]  # total_length, offset, sample_length
 
@@ -66,7 +72,9 @@ def test_short_songs_are_padded_and_resampled(tmp_path):
     tone = np.sin(np.arange(11025) / 10).astype(np.float32) * 0.5
     sf.write(tmp_path / "short.wav", tone, 22050)  # 0.5 s at 22.05 kHz -> 22050 samples at 44.1 kHz
     (tmp_path / "metadata.csv").write_text("file,artist,genre,lyrics\nshort.wav,Someone,pop,la la\n")
-    ds = AudioDataset.from_folder(tmp_path, 30000, labeller=labeller_for_songs(read_metadata(tmp_path / "metadata.csv")))
+    ds = AudioDataset.from_folder(
+        tmp_path, 30000, labeller=labeller_for_songs(read_metadata(tmp_path / "metadata.csv"))
+    )
     batch = ds.batch(3, 2)
     assert batch.offset.tolist() == [0, 0]
     assert np.abs(batch.audio[:, 22050:]).max() == 0 and np.abs(batch.audio[:, :22050]).max() > 0.4
@@ -98,7 +106,7 @@ def test_synthetic_labels_are_audible(data):
 
     def onsets(path):  # rises of the 10 ms envelope: note / drum attacks per second
         x = np.abs(load_audio(path)).reshape(-1, 441).max(axis=1)
-        return int(np.sum((x[1:] > 2 * x[:-1] + 0.05)))
+        return int(np.sum(x[1:] > 2 * x[:-1] + 0.05))
 
     ambient = {s.artist: centroid(s.path) for s in songs if s.genre == "ambient"}
     assert ambient["Ada Low"] < ambient["Cleo Minor"] < ambient["Dev Tritone"] < ambient["Ben High"]

@@ -5,10 +5,9 @@ the top prior tells the genres apart and its samples follow the genre's note rat
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import soundfile as sf
-
 from conftest import load_script
+
 from jukebox_flax.checkpoint import load_config
 from jukebox_flax.cli import main
 from jukebox_flax.config import JukeboxConfig
@@ -31,8 +30,9 @@ def test_bundled_model_is_a_small_whole_model():
 
 def test_sample_without_model_uses_the_bundled_one(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["sample", "--seconds", "1", "--levels", "1", "--artist", "Ben High", "--genre", "chiptune",
-               "--out", str(out)])
+    rc = main(
+        ["sample", "--seconds", "1", "--levels", "1", "--artist", "Ben High", "--genre", "chiptune", "--out", str(out)]
+    )
     assert rc == 0, capsys.readouterr().err
     wav, sr = sf.read(str(out / "level_2" / "item_0.wav"), dtype="float32")
     assert sr == 44100 and wav.shape[0] == 44100 // 128 * 128
@@ -85,8 +85,27 @@ def test_samples_follow_the_genre_rhythm(tmp_path, capsys):
     rate = {}
     for genre in ("ambient", "chiptune"):
         out = tmp_path / genre
-        rc = main(["sample", "--seconds", "2", "--levels", "1", "--batch", "2", "--artist", "Ada Low", "--genre", genre,
-                   "--temperature", "0.8", "--seed", "0", "--out", str(out)])
+        rc = main(
+            [
+                "sample",
+                "--seconds",
+                "2",
+                "--levels",
+                "1",
+                "--batch",
+                "2",
+                "--artist",
+                "Ada Low",
+                "--genre",
+                genre,
+                "--temperature",
+                "0.8",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
         assert rc == 0, capsys.readouterr().err
         clips = [sf.read(str(f), dtype="float32")[0] for f in sorted((out / "level_2").glob("*.wav"))]
         rate[genre] = np.mean([evaluate.features(c, 44100)["note_changes_per_s"] for c in clips])

@@ -86,8 +86,17 @@ def test_embed_matches_the_recipe_and_skips_bad_files(loaded, audio_files, tmp_p
     prior, vq = loaded
     short, long, bad, missing = audio_files
     out = tmp_path / "emb.npz"
-    res = embed_files(None, [short, bad, long, missing], [LAYER], batch=2, per_window=True, prior=prior,
-                      vqvae=vq, progress=False, out=out)
+    res = embed_files(
+        None,
+        [short, bad, long, missing],
+        [LAYER],
+        batch=2,
+        per_window=True,
+        prior=prior,
+        vqvae=vq,
+        progress=False,
+        out=out,
+    )
     assert res.files == [str(short), str(long)]
     assert res.failed == [str(bad), str(missing)] and len(res.errors) == 2
     assert res.embeddings.shape == (2, 1, prior.config.width)
@@ -124,20 +133,64 @@ def test_batching_and_max_pool(loaded, audio_files):
 def test_embed_command(model_dir, audio_files, tmp_path, capsys):
     short, _, bad, _ = audio_files
     out = tmp_path / "cli.npz"
-    assert main(["embed", "--model", str(model_dir), "--layer", str(LAYER), "--quiet", str(short), str(bad),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(model_dir),
+                "--layer",
+                str(LAYER),
+                "--quiet",
+                str(short),
+                str(bad),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "skipped 1 unreadable" in capsys.readouterr().out
     with np.load(out) as f:
         assert f["embeddings"].shape == (1, 32) and list(f["failed"]) == [str(bad)]
 
     assert main(["embed", "--model", str(model_dir), "--layer", "49", str(short), "--out", str(out)]) == 2
     assert "between 1 and 48" in capsys.readouterr().err
-    assert main(["embed", "--model", str(model_dir), "--layer", "3", "--quiet", str(bad), "--out",
-                 str(tmp_path / "none.npz")]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(model_dir),
+                "--layer",
+                "3",
+                "--quiet",
+                str(bad),
+                "--out",
+                str(tmp_path / "none.npz"),
+            ]
+        )
+        == 2
+    )
     assert "none of the 1 files" in capsys.readouterr().err
     assert not (tmp_path / "none.npz").exists()
-    assert main(["embed", "--model", str(model_dir), "--layer", "3", "--artist", "Nobody At All", str(short),
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(model_dir),
+                "--layer",
+                "3",
+                "--artist",
+                "Nobody At All",
+                str(short),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "unknown artist" in capsys.readouterr().err
 
 

@@ -47,8 +47,16 @@ def every_layer(request):
     module = JukeboxPrior(c)
 
     def run(p, t, y, u):
-        feats = module.apply({"params": p}, t, y, u, layers=tuple(range(c.depth + 1)), stop_early=False,
-                             music_only=False, method=JukeboxPrior.features)
+        feats = module.apply(
+            {"params": p},
+            t,
+            y,
+            u,
+            layers=tuple(range(c.depth + 1)),
+            stop_early=False,
+            music_only=False,
+            method=JukeboxPrior.features,
+        )
         logits = module.apply({"params": p}, t, y, u)
         _, x_cond, cond = module.apply({"params": p}, t, y, u, method=JukeboxPrior._inputs)
         return feats, logits, x_cond, cond["encoder_kv"]
@@ -78,12 +86,14 @@ def test_every_layer_matches_original(every_layer):
     for i, attn_type in enumerate(c.attention_layout):
         if attn_type not in runs:
             block = ResAttnBlock(attn_type, ar.config)
-            runs[attn_type] = jax.jit(lambda p, x, kv, block=block: block.apply(
-                {"params": p}, x, kv, method=ResAttnBlock.attention_weights))
+            runs[attn_type] = jax.jit(
+                lambda p, x, kv, block=block: block.apply({"params": p}, x, kv, method=ResAttnBlock.attention_weights)
+            )
         p_i = _layer_params(params["prior"]["transformer"], c.attention_layout, i)
         out, w = runs[attn_type](p_i, feats[i], encoder_kv)
-        np.testing.assert_allclose(np.asarray(w), a[f"outputs/attn_weights/{i}"], rtol=0, atol=1e-5,
-                                   err_msg=f"layer {i} ({attn_type})")
+        np.testing.assert_allclose(
+            np.asarray(w), a[f"outputs/attn_weights/{i}"], rtol=0, atol=1e-5, err_msg=f"layer {i} ({attn_type})"
+        )
         assert _rel(out, feats[i + 1]) < 1e-5, i
 
 

@@ -9,10 +9,18 @@ from jukebox_flax.info import describe, param_summary
 
 def test_describe_a_prior_directory(tmp_path):
     config = preset("upsampler_level_1").replace(width=8, depth=1, heads=1, n_ctx=64, blocks=8)
-    params = {"prior": {"x_emb": {"embedding": np.zeros((2048, 8), np.float32)}},
-              "ln": {"scale": np.ones(8, np.float16)}}
-    vocab = {"format": "jukebox-flax-vocab", "format_version": 1, "version": "v2",
-             "artists": {"unknown": 0, "a": 1}, "genres": {"unknown": 0}, "lyrics": list("abc")}
+    params = {
+        "prior": {"x_emb": {"embedding": np.zeros((2048, 8), np.float32)}},
+        "ln": {"scale": np.ones(8, np.float16)},
+    }
+    vocab = {
+        "format": "jukebox-flax-vocab",
+        "format_version": 1,
+        "version": "v2",
+        "artists": {"unknown": 0, "a": 1},
+        "genres": {"unknown": 0},
+        "lyrics": list("abc"),
+    }
     out = save_model_dir(tmp_path / "p", params, config, vocab)
     assert param_summary(out) == (2, 2048 * 8 + 8, {"float32": 2048 * 8, "float16": 8})
     text = describe(out)

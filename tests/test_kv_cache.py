@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import hps, load_npz, state_dict
+
 from jukebox_flax.prior.autoregressive import Autoregressive
 from jukebox_flax.prior.transformer import TransformerConfig, layer_location, layer_segments, scan_params, unroll_params
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
@@ -31,10 +32,19 @@ N_CTX, BLOCKS, WIDTH, BATCH, ENC = 24, 6, 16, 2, 5  # block_ctx 4, 6 rows; prime
 
 @pytest.fixture(scope="module")
 def every_type():
-    model = Autoregressive(TransformerConfig(
-        width=WIDTH, heads=2, layout=LAYOUT, blocks=BLOCKS, n_ctx=N_CTX, bins=11, prime_len=6, encoder_len=ENC,
-        y_cond=True,
-    ))
+    model = Autoregressive(
+        TransformerConfig(
+            width=WIDTH,
+            heads=2,
+            layout=LAYOUT,
+            blocks=BLOCKS,
+            n_ctx=N_CTX,
+            bins=11,
+            prime_len=6,
+            encoder_len=ENC,
+            y_cond=True,
+        )
+    )
     key = jax.random.PRNGKey(0)
     k1, k2, k3, k4 = jax.random.split(key, 4)
     tokens = jax.random.randint(k1, (BATCH, N_CTX), 0, 11)
@@ -108,8 +118,10 @@ def test_unrolled_layers_decode_the_same(every_type, chunks):
     model, params, tokens, conds, full = every_type
     unrolled = {**params, "transformer": unroll_params(params["transformer"])}
     assert sorted(unrolled["transformer"]) == sorted(f"layer_{i}" for i in range(len(LAYOUT)))
-    np.testing.assert_array_equal(unrolled["transformer"]["layer_7"]["attn"]["c_proj"]["kernel"],
-                                  params["transformer"]["layers_0_7"]["unit_3"]["attn"]["c_proj"]["kernel"][1])
+    np.testing.assert_array_equal(
+        unrolled["transformer"]["layer_7"]["attn"]["c_proj"]["kernel"],
+        params["transformer"]["layers_0_7"]["unit_3"]["attn"]["c_proj"]["kernel"][1],
+    )
     back = scan_params(unrolled["transformer"], LAYOUT)
     assert jax.tree.structure(back) == jax.tree.structure(params["transformer"])
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params["transformer"])))
@@ -132,10 +144,12 @@ def test_unrolled_layers_teacher_forcing_the_same(every_type):
         np.testing.assert_allclose(np.asarray(w_flat[i]), np.asarray(w_scan[i]), rtol=1e-5, atol=1e-6, err_msg=str(i))
     layers = (0, 2, 5, 9)  # stops inside the scanned run's second repeat and past it
     for stop_early in (True, False):
-        f_scan = model.apply({"params": params}, *args, layers=layers, stop_early=stop_early,
-                             method=Autoregressive.features)
-        f_flat = flat.apply({"params": unrolled}, *args, layers=layers, stop_early=stop_early,
-                            method=Autoregressive.features)
+        f_scan = model.apply(
+            {"params": params}, *args, layers=layers, stop_early=stop_early, method=Autoregressive.features
+        )
+        f_flat = flat.apply(
+            {"params": unrolled}, *args, layers=layers, stop_early=stop_early, method=Autoregressive.features
+        )
         for n in layers:
             np.testing.assert_allclose(np.asarray(f_flat[n]), np.asarray(f_scan[n]), rtol=1e-5, atol=1e-5)
 
@@ -149,8 +163,16 @@ def test_traced_position_in_a_loop(every_type):
     def run(p):
         def body(t, state):
             cache, out = state
-            logits, cache = model.apply({"params": p}, jax.lax.dynamic_slice_in_dim(inputs, t, 1, 1), t, cache,
-                                        x_cond, y_cond, enc, method=Autoregressive.decode)
+            logits, cache = model.apply(
+                {"params": p},
+                jax.lax.dynamic_slice_in_dim(inputs, t, 1, 1),
+                t,
+                cache,
+                x_cond,
+                y_cond,
+                enc,
+                method=Autoregressive.decode,
+            )
             return cache, jax.lax.dynamic_update_slice_in_dim(out, logits, t, axis=1)
 
         out = jnp.zeros((BATCH, N_CTX, 11))

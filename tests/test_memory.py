@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sampling_fixtures import fixture_prior
 
 from jukebox_flax.config import preset
 from jukebox_flax.memory import GB, memory_plan, pick_batch_chunk
 from jukebox_flax.sampling.sampler import SamplingParams, WindowSampler, condition
-from sampling_fixtures import fixture_prior
 
 
 def test_released_kv_cache_and_params():
@@ -49,9 +49,10 @@ def test_plan_bounds_the_compiled_window():
     tokens = jnp.zeros((batch, prior.config.total_ctx), jnp.int32)
     sampler, cache = WindowSampler(prior.module, chunk), prior.module.init_cache(batch)
     state = sampler.prefill(prior.params, cond, tokens, jnp.int32(0), cache, jax.random.key(0))
-    programs = [WindowSampler.prefill.lower(sampler, prior.params, cond, tokens, jnp.int32(0), state.cache,
-                                            jax.random.key(0)),
-                WindowSampler.sample.lower(sampler, prior.params, cond, state, jnp.int32(64), SamplingParams.make())]
+    programs = [
+        WindowSampler.prefill.lower(sampler, prior.params, cond, tokens, jnp.int32(0), state.cache, jax.random.key(0)),
+        WindowSampler.sample.lower(sampler, prior.params, cond, state, jnp.int32(64), SamplingParams.make()),
+    ]
     xla = 0
     for m in (p.compile().memory_analysis() for p in programs):  # the window's two programs run one after the other
         xla = max(xla, m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)

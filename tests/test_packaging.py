@@ -2,16 +2,14 @@
 
 import subprocess
 import sys
-import tomllib
 
+import tomllib
 from conftest import ROOT
 
 
 def test_every_package_is_listed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {
-        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jukebox_flax").rglob("__init__.py")
-    }
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jukebox_flax").rglob("__init__.py")}
     found |= {"jukebox_flax_convert"} if (ROOT / "convert" / "__init__.py").exists() else set()
     assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
 

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sampling_fixtures import fixture_prior
 
 from jukebox_flax.precision import cast_params, with_precision
-from sampling_fixtures import fixture_prior
 
 # dtype, released (only transformer kernels cast), max relative logit error, min argmax agreement
 CASES = [(jnp.bfloat16, False, 3e-2, 0.95), (jnp.float16, True, 5e-3, 0.98)]

@@ -16,8 +16,8 @@ from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, loa
 from jukebox_flax.prior.prior import JukeboxPrior, stack_layers
 from jukebox_flax.training import OptimConfig, gradient_task
 from jukebox_flax_convert.hf_config import jukebox_config_from_hf
-from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.hf_keys import split_hf_state_dict
+from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
 from jukebox_flax_convert.prior_keys import PriorKeyError, prior_params_from_state_dict, prior_state_dict_from_params
 
 PRIORS = ["prior_up0", "prior_up1", "prior_top5b", "prior_top5b_lyrics", "prior_top1b"]
@@ -140,8 +140,11 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
 
     module, cond = prior.module, prior.condition(y)
     cache = module.init_cache(2, jnp.float32)
-    step = jax.jit(lambda p, x, s, cache: module.apply(
-        {"params": p}, x, s, cache, cond["x_cond"], cond["y_cond"], cond["encoder_kv"], method=JukeboxPrior.decode))
+    step = jax.jit(
+        lambda p, x, s, cache: module.apply(
+            {"params": p}, x, s, cache, cond["x_cond"], cond["y_cond"], cond["encoder_kv"], method=JukeboxPrior.decode
+        )
+    )
     # inputs[:, i] is the token at position start + i - 1 (position 0 takes the start embedding)
     shifted = np.concatenate([np.zeros_like(tokens[:, :1]), tokens[:, :-1]], axis=1)
     first, cache = step(prior.params, jnp.asarray(shifted[:, :9]), jnp.int32(0), cache)  # chunked prime 0..8
@@ -155,11 +158,18 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
     np.testing.assert_allclose(np.asarray(flat.logits(tokens, y=y)), np.asarray(logits), rtol=0, atol=1e-5)
     key = jax.random.key(3)
     np.testing.assert_array_equal(flat.sample(key, 24, y=y, chunk_size=8), prior.sample(key, 24, y=y, chunk_size=8))
-    np.testing.assert_allclose(np.asarray(flat.features(tokens, y=y, layers=4)[4]),
-                               np.asarray(prior.features(tokens, y=y, layers=4)[4]), rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(stack_layers(flat.params, c)["prior"]["transformer"]["layers_0_5"]
-                                             ["unit_1"]["attn"]["c_attn"]["kernel"]),
-                                  np.asarray(params["prior"]["transformer"]["layers_0_5"]["unit_1"]["attn"]["c_attn"]["kernel"]))
+    np.testing.assert_allclose(
+        np.asarray(flat.features(tokens, y=y, layers=4)[4]),
+        np.asarray(prior.features(tokens, y=y, layers=4)[4]),
+        rtol=0,
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(
+            stack_layers(flat.params, c)["prior"]["transformer"]["layers_0_5"]["unit_1"]["attn"]["c_attn"]["kernel"]
+        ),
+        np.asarray(params["prior"]["transformer"]["layers_0_5"]["unit_1"]["attn"]["c_attn"]["kernel"]),
+    )
 
 
 def test_train_step_reduces_loss():

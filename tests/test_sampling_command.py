@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, load_npz, state_dict
+from sampling_fixtures import VQ_CONFIG, fixture_prior
+
 from jukebox_flax.checkpoint import save_whole_model_dir
 from jukebox_flax.cli import main
 from jukebox_flax.config import JukeboxConfig
 from jukebox_flax.labels import Labeller
 from jukebox_flax_convert.vqvae_keys import vqvae_params_from_state_dict
-from sampling_fixtures import VQ_CONFIG, fixture_prior
 
 SECONDS = "0.56"  # 24576 samples: 192 top tokens (17 windows), 768 level-1 tokens (23 windows)
 
@@ -36,22 +36,41 @@ def _write_model(path: Path, top: str, ids_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, ids_dir):
     root = tmp_path_factory.mktemp("models")
-    return {"1b": _write_model(root / "tiny_1b", "prior_top1b", ids_dir),
-            "5b": _write_model(root / "tiny_5b", "prior_top5b", ids_dir)}
+    return {
+        "1b": _write_model(root / "tiny_1b", "prior_top1b", ids_dir),
+        "5b": _write_model(root / "tiny_5b", "prior_top5b", ids_dir),
+    }
 
 
 def _argv(model, out, *extra, seconds=SECONDS, artist="Alan Jackson", genre="Country", lyrics="Hello world"):
-    return ["sample", "--model", str(model), "--artist", artist, "--genre", genre, "--lyrics", lyrics,
-            "--seconds", seconds, "--out", str(out), *extra]
+    return [
+        "sample",
+        "--model",
+        str(model),
+        "--artist",
+        artist,
+        "--genre",
+        genre,
+        "--lyrics",
+        lyrics,
+        "--seconds",
+        seconds,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(artist="Nobody Known XYZ"), "artist"),
-    (dict(genre="not a genre at all"), "genre"),
-    (dict(seconds="900"), "longest song"),
-    (dict(lyrics="la la \U0001F600"), "cannot write"),
-    (dict(seconds="0.04"), "upsampling level 1 needs"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(artist="Nobody Known XYZ"), "artist"),
+        (dict(genre="not a genre at all"), "genre"),
+        (dict(seconds="900"), "longest song"),
+        (dict(lyrics="la la \U0001f600"), "cannot write"),
+        (dict(seconds="0.04"), "upsampling level 1 needs"),
+    ],
+)
 def test_bad_input_is_one_clear_line_before_any_compute(models, tmp_path, capsys, monkeypatch, change, message):
     import jukebox_flax.prior.api as prior_api
 
@@ -93,8 +112,14 @@ sys.exit(main(sys.argv[2:]))
 def _run_killed_after(argv: list[str], min_tokens: int) -> None:
     """Run the CLI in a subprocess that is SIGKILLed once the top level holds ``min_tokens`` per row."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
-    proc = subprocess.run([sys.executable, "-c", _KILLER, str(min_tokens), *argv], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLER, str(min_tokens), *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=240,
+    )
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed (exit {proc.returncode})"
 
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import OPENAI, load_npz
+
 from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.filter import check_filter_args, filter_logits, sample_token
 from jukebox_flax.sampling.windows import Window, get_starts, level_windows, partial_window, upper_codes
@@ -18,8 +18,9 @@ ORACLE = load_npz("openai/misc_oracle")
 ORACLE_JSON = json.loads((OPENAI / "misc_oracle.json").read_text())
 
 
-@pytest.mark.parametrize("name,kwargs", [("top_k5", dict(top_k=5)), ("top_k1", dict(top_k=1)),
-                                         ("top_p09", dict(top_p=0.9))])
+@pytest.mark.parametrize(
+    "name,kwargs", [("top_k5", dict(top_k=5)), ("top_k1", dict(top_k=1)), ("top_p09", dict(top_p=0.9))]
+)
 def test_filter_logits_matches_original(name, kwargs):
     logits = ORACLE["filter_logits/logits"]
     want = ORACLE[f"filter_logits/{name}"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from sampling_toy import ToyConfig, greedy_reference, make_toy
 
 from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.sampler import WindowSampler, sample_prior
-from sampling_toy import ToyConfig, greedy_reference, make_toy
 
 RNG = np.random.default_rng(0)
 
@@ -26,7 +26,7 @@ def toy_lyrics():
 def _inputs(config, batch=3, n_prime=0):
     y = RNG.integers(0, 40, (batch, 9 + config.n_tokens)).astype(np.int32)
     if config.n_tokens:
-        y[:, -config.n_tokens:] = RNG.integers(0, config.n_vocab, (batch, config.n_tokens))
+        y[:, -config.n_tokens :] = RNG.integers(0, config.n_vocab, (batch, config.n_tokens))
     upper = RNG.integers(0, config.bins, (batch, config.n_ctx // config.cond_downsample)).astype(np.int32)
     prime = RNG.integers(0, config.bins, (batch, n_prime)).astype(np.int32)
     return y, upper, prime
@@ -56,8 +56,20 @@ def test_random_samples_do_not_depend_on_chunking_or_batch_split(toy):
     a = sample_prior(toy, key, 14, chunk_size=3, **kw)
     b = sample_prior(toy, key, 14, chunk_size=8, **kw)
     np.testing.assert_array_equal(a, b)
-    halves = [sample_prior(toy, key, 14, y=y[i:i + 2], upper=upper[i:i + 2], prime=prime[i:i + 2],
-                           temperature=1.3, row_offset=i, chunk_size=3) for i in (0, 2)]
+    halves = [
+        sample_prior(
+            toy,
+            key,
+            14,
+            y=y[i : i + 2],
+            upper=upper[i : i + 2],
+            prime=prime[i : i + 2],
+            temperature=1.3,
+            row_offset=i,
+            chunk_size=3,
+        )
+        for i in (0, 2)
+    ]
     np.testing.assert_array_equal(a, np.concatenate(halves))
     c = sample_prior(toy, jax.random.key(43), 14, chunk_size=3, **kw)
     assert (a[:, 10:] != c[:, 10:]).any()
@@ -70,8 +82,9 @@ def test_first_token_follows_the_tempered_softmax(toy):
     upper = np.ones((batch, toy.config.n_ctx // 4), np.int32)
     got = sample_prior(toy, jax.random.key(1), 1, y=y, upper=upper, temperature=temperature)[:, 0]
     cond = toy.module.apply({"params": toy.params}, y[:1], upper[:1], method="condition")
-    logits = np.asarray(toy.module.apply({"params": toy.params}, np.zeros((1, 1), np.int32),
-                                         method="teacher_forced", **cond))[0, 0]
+    logits = np.asarray(
+        toy.module.apply({"params": toy.params}, np.zeros((1, 1), np.int32), method="teacher_forced", **cond)
+    )[0, 0]
     p = np.exp((logits - logits.max()) / temperature)
     p /= p.sum()
     freq = np.bincount(got, minlength=toy.config.bins) / batch
@@ -81,8 +94,9 @@ def test_first_token_follows_the_tempered_softmax(toy):
 def test_top_k_and_top_p_restrict_the_support(toy):
     y, upper, _ = _inputs(toy.config, batch=256)
     cond = toy.module.apply({"params": toy.params}, y, upper, method="condition")
-    logits = np.asarray(toy.module.apply({"params": toy.params}, np.zeros((256, 1), np.int32),
-                                         method="teacher_forced", **cond))[:, 0]
+    logits = np.asarray(
+        toy.module.apply({"params": toy.params}, np.zeros((256, 1), np.int32), method="teacher_forced", **cond)
+    )[:, 0]
     first = sample_prior(toy, jax.random.key(2), 1, y=y, upper=upper, top_k=2)[:, 0]
     top2 = np.argsort(-logits, -1)[:, :2]
     assert (top2 == first[:, None]).any(-1).all()
@@ -91,6 +105,7 @@ def test_top_k_and_top_p_restrict_the_support(toy):
 def test_one_compilation_serves_every_window(toy):
     """One compile of prefill and one of the token loop serve every window and setting of a batch
     size (batch 5 is used by no other test here, so the first window compiles both afresh)."""
+
     def sizes():
         return WindowSampler.prefill._cache_size(), WindowSampler.sample._cache_size()
 
@@ -100,8 +115,7 @@ def test_one_compilation_serves_every_window(toy):
     assert sizes() == (before[0] + 1, before[1] + 1)
     # another window: other prime length, other count, other labels and settings
     y2, upper2, prime2 = _inputs(toy.config, batch=5, n_prime=20)
-    sample_prior(toy, jax.random.key(5), 3, y=y2, upper=upper2, prime=prime2, chunk_size=4, temperature=0.5,
-                 top_p=0.9)
+    sample_prior(toy, jax.random.key(5), 3, y=y2, upper=upper2, prime=prime2, chunk_size=4, temperature=0.5, top_p=0.9)
     sample_prior(toy, jax.random.key(5), 24, y=y2, upper=upper2, chunk_size=4, top_k=3)
     assert sizes() == (before[0] + 1, before[1] + 1)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from conftest import hps, load_npz
+
 from jukebox_flax.sampling.errors import SamplingError
 from jukebox_flax.sampling.song import LevelLabels, LevelSettings, RunDir, sample_song
 from jukebox_flax_convert.hps import prior_config_from_hps, vqvae_config_from_hps
@@ -22,8 +22,11 @@ N_CALLS = len({k.split("/")[1] for k in TRACE if k.startswith("trace/")})
 SAMPLE_LENGTH = int(hps("pipeline_trace")["sample_length"])
 HOP_FRACTION = tuple(hps("pipeline_trace")["hop_fraction"])
 VQ = vqvae_config_from_hps(hps("vqvae_tiny"))
-CONFIGS = {0: prior_config_from_hps(hps("prior_up0"), VQ), 1: prior_config_from_hps(hps("prior_up1"), VQ),
-           2: prior_config_from_hps(hps("prior_top1b"), VQ)}
+CONFIGS = {
+    0: prior_config_from_hps(hps("prior_up0"), VQ),
+    1: prior_config_from_hps(hps("prior_up1"), VQ),
+    2: prior_config_from_hps(hps("prior_top1b"), VQ),
+}
 
 
 class ConfigOnly:
@@ -36,7 +39,7 @@ def trace_labels() -> dict[int, LevelLabels]:
     for level, c in CONFIGS.items():
         y = TRACE[f"labels_y/{level}"]
         # the trace's lyrics fit one window, so the song's lyric window is its full lyric tokens
-        full = [list(row[-c.n_tokens:]) for row in y] if c.n_tokens else []
+        full = [list(row[-c.n_tokens :]) for row in y] if c.n_tokens else []
         labels[level] = LevelLabels(y=y, full_tokens=full)
     return labels
 
@@ -48,8 +51,23 @@ class TraceReplay:
         self.i = first
         self.keys = []
 
-    def __call__(self, prior, key, n, y=None, upper=None, prime=None, *, temperature, top_k, top_p, chunk_size,
-                 row_offset, batch, cache):
+    def __call__(
+        self,
+        prior,
+        key,
+        n,
+        y=None,
+        upper=None,
+        prime=None,
+        *,
+        temperature,
+        top_k,
+        top_p,
+        chunk_size,
+        row_offset,
+        batch,
+        cache,
+    ):
         t = f"trace/{self.i}/"
         assert prior.config.level == TRACE[t + "level"], self.i
         np.testing.assert_array_equal(prime, TRACE[t + "z_prefix"], err_msg=f"prime of call {self.i}")
@@ -76,8 +94,17 @@ def _empty():
 
 def test_trace_replay_all_levels():
     replay = TraceReplay()
-    zs = sample_song(PRIORS, _empty(), [0, 1, 2], SAMPLE_LENGTH, trace_labels(), SETTINGS, jax.random.key(0),
-                     HOP_FRACTION, sample_fn=replay)
+    zs = sample_song(
+        PRIORS,
+        _empty(),
+        [0, 1, 2],
+        SAMPLE_LENGTH,
+        trace_labels(),
+        SETTINGS,
+        jax.random.key(0),
+        HOP_FRACTION,
+        sample_fn=replay,
+    )
     assert replay.i == N_CALLS
     for level in range(3):
         np.testing.assert_array_equal(zs[level], TRACE[f"zs/{level}"])
@@ -89,8 +116,9 @@ def test_upsampling_alone_from_saved_top_codes():
     replay = TraceReplay(first_upsampler_call)
     zs = _empty()
     zs[2] = TRACE["zs/2"].astype(np.int32)
-    zs = sample_song(PRIORS, zs, [0, 1], SAMPLE_LENGTH, trace_labels(), SETTINGS, jax.random.key(0), HOP_FRACTION,
-                     sample_fn=replay)
+    zs = sample_song(
+        PRIORS, zs, [0, 1], SAMPLE_LENGTH, trace_labels(), SETTINGS, jax.random.key(0), HOP_FRACTION, sample_fn=replay
+    )
     assert replay.i == N_CALLS
     np.testing.assert_array_equal(zs[0], TRACE["zs/0"])
 
@@ -107,13 +135,33 @@ def test_resume_after_a_kill_loses_at_most_one_window(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sample_song(PRIORS, _empty(), [0, 1, 2], SAMPLE_LENGTH, trace_labels(), SETTINGS, jax.random.key(0),
-                    HOP_FRACTION, sample_fn=TraceReplay(), on_window=save)
+        sample_song(
+            PRIORS,
+            _empty(),
+            [0, 1, 2],
+            SAMPLE_LENGTH,
+            trace_labels(),
+            SETTINGS,
+            jax.random.key(0),
+            HOP_FRACTION,
+            sample_fn=TraceReplay(),
+            on_window=save,
+        )
     zs = run.load_codes(2, 3)
     assert zs[2].shape[1] == 96 and zs[1].shape[1] == 64 + 7 * 32
     replay = TraceReplay(13)  # picks up exactly at the first unfinished window
-    zs = sample_song(PRIORS, zs, [0, 1, 2], SAMPLE_LENGTH, trace_labels(), SETTINGS, jax.random.key(0),
-                     HOP_FRACTION, sample_fn=replay, on_window=lambda level, w, z: run.save_codes(level, z[level]))
+    zs = sample_song(
+        PRIORS,
+        zs,
+        [0, 1, 2],
+        SAMPLE_LENGTH,
+        trace_labels(),
+        SETTINGS,
+        jax.random.key(0),
+        HOP_FRACTION,
+        sample_fn=replay,
+        on_window=lambda level, w, z: run.save_codes(level, z[level]),
+    )
     assert replay.i == N_CALLS
     for level in range(3):
         np.testing.assert_array_equal(run.load_codes(2, 3)[level], TRACE[f"zs/{level}"])
@@ -135,9 +183,18 @@ def test_greedy_pipeline_with_real_priors_matches_trace_and_audio(real_priors):
     priors = real_priors
     vq = fixture_vqvae()
     audio = {}
-    zs = sample_song(priors, _empty(), [0, 1, 2], SAMPLE_LENGTH, trace_labels(), SETTINGS, jax.random.key(0),
-                     HOP_FRACTION, decode=lambda z, level: vq.decode(z, start_level=level),
-                     on_level=lambda level, z, a: audio.__setitem__(level, np.asarray(a)))
+    zs = sample_song(
+        priors,
+        _empty(),
+        [0, 1, 2],
+        SAMPLE_LENGTH,
+        trace_labels(),
+        SETTINGS,
+        jax.random.key(0),
+        HOP_FRACTION,
+        decode=lambda z, level: vq.decode(z, start_level=level),
+        on_level=lambda level, z, a: audio.__setitem__(level, np.asarray(a)),
+    )
     for level in (2, 1, 0):
         np.testing.assert_array_equal(zs[level], TRACE[f"zs/{level}"], err_msg=f"level {level}")
         want = TRACE[f"decoded/{level}"]
@@ -172,10 +229,12 @@ def test_batch_split_follows_max_batch_size_or_the_memory_plan(monkeypatch):
     def run(settings):
         calls.clear()
         zs = [np.zeros((5, 0), np.int32) for _ in range(3)]
-        labels = LevelLabels(y=np.repeat(TRACE["labels_y/2"][:1], 5, 0),
-                             full_tokens=[list(TRACE["labels_y/2"][0][-c.n_tokens:])] * 5)
-        zs = sample_level(PRIORS[2], zs, 2, c.n_ctx, c.n_ctx, labels, settings, jax.random.key(0),
-                          sample_fn=fake_sample)
+        labels = LevelLabels(
+            y=np.repeat(TRACE["labels_y/2"][:1], 5, 0), full_tokens=[list(TRACE["labels_y/2"][0][-c.n_tokens :])] * 5
+        )
+        zs = sample_level(
+            PRIORS[2], zs, 2, c.n_ctx, c.n_ctx, labels, settings, jax.random.key(0), sample_fn=fake_sample
+        )
         assert zs[2].shape == (5, c.n_ctx)
         return list(calls)
 

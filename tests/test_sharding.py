@@ -111,11 +111,12 @@ WORKER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def eight_devices() -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", WORKER, str(TESTS)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, str(TESTS)], env=env, capture_output=True, text=True, timeout=600
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_sharded_logits_equal_single_device(eight_devices):
@@ -172,8 +173,9 @@ class FakeMesh:  # logical_spec only reads mesh.shape
     shape = {"data": 4, "model": 8}
 
 
-@pytest.mark.parametrize("name", ["prior_1b_lyrics", "prior_5b", "prior_5b_lyrics", "upsampler_level_0",
-                                  "upsampler_level_1"])
+@pytest.mark.parametrize(
+    "name", ["prior_1b_lyrics", "prior_5b", "prior_5b_lyrics", "upsampler_level_0", "upsampler_level_1"]
+)
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_every_transformer_kernel_splits_over_model(name, scan_layers):
     """Abstract shapes only: every transformer kernel (music model and lyric encoder) of a released
@@ -182,8 +184,11 @@ def test_every_transformer_kernel_splits_over_model(name, scan_layers):
     tree = abstract_prior_params(config, scan_layers=scan_layers)
     specs = param_specs(tree, prior_param_axes(config, scan_layers), FakeMesh)
     flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]
-    kernels = [(jax.tree_util.keystr(k), spec) for k, spec in flat if "transformer" in jax.tree_util.keystr(k)
-               and jax.tree_util.keystr(k).endswith("['kernel']")]
+    kernels = [
+        (jax.tree_util.keystr(k), spec)
+        for k, spec in flat
+        if "transformer" in jax.tree_util.keystr(k) and jax.tree_util.keystr(k).endswith("['kernel']")
+    ]
     assert len(kernels) >= (4 * config.depth if not scan_layers else 4)
     replicated = [k for k, spec in kernels if "model" not in tuple(spec)]
     assert not replicated, replicated[:5]
@@ -200,10 +205,12 @@ def test_every_released_param_gets_a_spec():
 
     c_attn = (6, 4800, 3600)
     assert logical_spec(("layers", "embed", "heads"), c_attn, FakeMesh) == P(None, None, "model")
-    assert logical_spec(("layers", "batch", "cache_len", "kv"), (6, 16, 8192, 1200), FakeMesh) == \
-        P(None, "data", None, "model")
-    assert logical_spec(("layers", "batch", "cache_len", "kv"), (6, 3, 8192, 1200), FakeMesh) == \
-        P(None, None, None, "model")  # 3 rows do not split over 4: replicated, still correct
+    assert logical_spec(("layers", "batch", "cache_len", "kv"), (6, 16, 8192, 1200), FakeMesh) == P(
+        None, "data", None, "model"
+    )
+    assert logical_spec(("layers", "batch", "cache_len", "kv"), (6, 3, 8192, 1200), FakeMesh) == P(
+        None, None, None, "model"
+    )  # 3 rows do not split over 4: replicated, still correct
 
 
 def test_mesh_errors():

@@ -13,25 +13,51 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from jukebox_flax import training
-
 import training_toy as toy
 from conftest import load_script
+
+from jukebox_flax import training
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # One level (hop 4) keeps compilation short; the prior is that level's (top) prior, with lyrics.
 TINY_VQVAE = {
-    "kind": "vqvae", "levels": 1, "downs_t": [2], "strides_t": [2], "emb_width": 8, "l_bins": 16,
-    "width": 8, "depth": 1, "multipliers": [1], "linf_k": 64,
-    "multispec_n_fft": [64], "multispec_hop_length": [16], "multispec_window_size": [64],
+    "kind": "vqvae",
+    "levels": 1,
+    "downs_t": [2],
+    "strides_t": [2],
+    "emb_width": 8,
+    "l_bins": 16,
+    "width": 8,
+    "depth": 1,
+    "multipliers": [1],
+    "linf_k": 64,
+    "multispec_n_fft": [64],
+    "multispec_hop_length": [16],
+    "multispec_window_size": [64],
 }
 TINY_PRIOR = {
-    "kind": "prior", "level": 0, "n_ctx": 32, "width": 16, "depth": 2, "heads": 1, "attn_order": 2, "blocks": 4,
-    "bins": 16, "downs_t": [2], "strides_t": [2], "genre_bins": 4, "artist_bins": 5, "t_bins": 8,
-    "max_bow_genre_size": 1, "min_duration": 0.5, "max_duration": 10.0, "lyrics": "single", "n_tokens": 8,
-    "n_vocab": 80, "prime_loss_fraction": 0.4,
+    "kind": "prior",
+    "level": 0,
+    "n_ctx": 32,
+    "width": 16,
+    "depth": 2,
+    "heads": 1,
+    "attn_order": 2,
+    "blocks": 4,
+    "bins": 16,
+    "downs_t": [2],
+    "strides_t": [2],
+    "genre_bins": 4,
+    "artist_bins": 5,
+    "t_bins": 8,
+    "max_bow_genre_size": 1,
+    "min_duration": 0.5,
+    "max_duration": 10.0,
+    "lyrics": "single",
+    "n_tokens": 8,
+    "n_vocab": 80,
+    "prime_loss_fraction": 0.4,
 }
 
 
@@ -52,8 +78,24 @@ def test_resume_after_kill_continues_exactly(data, tmp_path, capsys):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, str(Path(toy.__file__)), str(data), str(killed), "--steps", "10", "--every", "3",
-         "--kill-at", "8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(Path(toy.__file__)),
+            str(data),
+            str(killed),
+            "--steps",
+            "10",
+            "--every",
+            "3",
+            "--kill-at",
+            "8",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     saved = training.TrainCheckpoints(killed / "checkpoints").latest_step()
     assert saved in (3, 6)  # 6 unless its asynchronous save was still running at the kill
@@ -83,8 +125,15 @@ def test_ctrl_c_saves_a_checkpoint(data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        training.train(toy.task(), lambda i: ds.batch(i, 2), 50, tmp_path, checkpoint_every=100,
-                       progress=False, after_step=interrupt)
+        training.train(
+            toy.task(),
+            lambda i: ds.batch(i, 2),
+            50,
+            tmp_path,
+            checkpoint_every=100,
+            progress=False,
+            after_step=interrupt,
+        )
     assert training.TrainCheckpoints(tmp_path / "checkpoints").latest_step() == 4
     with pytest.raises(training.TrainingError, match="already holds checkpoints"):
         training.train(toy.task(), lambda i: ds.batch(i, 2), 50, tmp_path, resume=False, progress=False)
@@ -126,10 +175,33 @@ def vqvae_run(data, tmp_path_factory) -> Path:
     config = tmp / "vq.json"
     config.write_text(json.dumps(TINY_VQVAE))
     out = tmp / "run"
-    load_script("train_vqvae").main([
-        "--data", str(data), "--out", str(out), "--config", str(config), "--steps", "8", "--batch", "4",
-        "--sample-length", "256", "--lr", "3e-3", "--warmup", "1", "--checkpoint-every", "4", "--log-every", "2",
-        "--bandwidth-examples", "8", "--no-progress"])
+    load_script("train_vqvae").main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--steps",
+            "8",
+            "--batch",
+            "4",
+            "--sample-length",
+            "256",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "1",
+            "--checkpoint-every",
+            "4",
+            "--log-every",
+            "2",
+            "--bandwidth-examples",
+            "8",
+            "--no-progress",
+        ]
+    )
     return out
 
 
@@ -152,7 +224,9 @@ def test_vqvae_script_trains_and_exports(vqvae_run, data):
     # Fine-tuning keeps the stored codebook and restores its EMA counts (the original restore_k):
     # batch 4 x 256 samples / hop 4 = 256 tokens per step over 16 codes = 16 per code.
     params, config, _ = training.load_component(vqvae_run / "model", "vqvae")
-    task = training.vqvae_task(config, training.OptimConfig(), init_params=params, bandwidth={"l1": 1, "l2": 1, "spec": 1})
+    task = training.vqvae_task(
+        config, training.OptimConfig(), init_params=params, bandwidth={"l1": 1, "l2": 1, "spec": 1}
+    )
     state = task.init(jax.random.PRNGKey(0), AudioDataset.from_folder(data, 256).batch(0, 4))
     np.testing.assert_array_equal(np.asarray(state.codebooks[0]), codebook)
     np.testing.assert_allclose(np.asarray(state.ema[0].k_elem), 16.0)
@@ -165,8 +239,21 @@ def test_prior_script_trains_exports_and_fine_tunes(vqvae_run, data, tmp_path):
     config = tmp_path / "prior.json"
     config.write_text(json.dumps(TINY_PRIOR))
     out = tmp_path / "run"
-    common = ["--data", str(data), "--vqvae", str(vqvae_run / "model"), "--batch", "4", "--lr", "1e-2",
-              "--warmup", "1", "--log-every", "4", "--no-progress"]
+    common = [
+        "--data",
+        str(data),
+        "--vqvae",
+        str(vqvae_run / "model"),
+        "--batch",
+        "4",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "1",
+        "--log-every",
+        "4",
+        "--no-progress",
+    ]
     script = load_script("train_prior")
     script.main(common + ["--out", str(out), "--config", str(config), "--steps", "8"])
     losses = [float(r["loss"]) for r in read_csv(out / "metrics.csv")]
@@ -187,8 +274,10 @@ def test_prior_script_trains_exports_and_fine_tunes(vqvae_run, data, tmp_path):
 
 def test_script_errors_are_one_line(data, tmp_path, capsys):
     script = load_script("train_vqvae")
-    code = training.run_script(lambda: script.main(
-        ["--data", str(data), "--out", str(tmp_path), "--preset", "prior_5b", "--steps", "1"]))
+    code = training.run_script(
+        lambda: script.main(["--data", str(data), "--out", str(tmp_path), "--preset", "prior_5b", "--steps", "1"])
+    )
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: the chosen config is a PriorConfig, this script trains a VQVAEConfig"]
+        "error: the chosen config is a PriorConfig, this script trains a VQVAEConfig"
+    ]

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import hps, load_npz, state_dict
+
 from jukebox_flax.config import PriorConfig, preset
 from jukebox_flax.prior.autoregressive import Autoregressive, PriorInputError
 from jukebox_flax.prior.transformer import TransformerConfig, layer_location, layer_segments
@@ -114,8 +114,12 @@ def test_released_parameter_counts(name):
     n, w = cfg.total_ctx, cfg.width
     enc = sds((1, cfg.n_tokens, w), jnp.float32) if cfg.lyrics == "separate" else None
     params = jax.eval_shape(
-        model.init, jax.random.PRNGKey(0), sds((1, n), jnp.int32), sds((1, n, w), jnp.float32),
-        sds((1, 1, w), jnp.float32), enc,
+        model.init,
+        jax.random.PRNGKey(0),
+        sds((1, n), jnp.int32),
+        sds((1, n, w), jnp.float32),
+        sds((1, 1, w), jnp.float32),
+        enc,
     )["params"]
     params = nn.meta.unbox(params)
     assert _count(params["transformer"]) == TRANSFORMER_PARAMS[name]

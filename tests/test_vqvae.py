@@ -106,8 +106,9 @@ def test_codes_dequantised_and_reconstructions(tiny):
         k = params["bottleneck"][f"level_blocks_{level}"]["k"]
         deq = np.asarray(bn.dequantise(jnp.asarray(ref), k))
         np.testing.assert_array_equal(deq, _nct(f[f"outputs/dequantised/{level}"]))
-        margin_ours = np.asarray(bn.quantise_margin(module.apply(v, f["inputs/x"], [level],
-                                                                 method=VQVAEModule.encode_latents)[0], k))
+        margin_ours = np.asarray(
+            bn.quantise_margin(module.apply(v, f["inputs/x"], [level], method=VQVAEModule.encode_latents)[0], k)
+        )
         np.testing.assert_allclose(margin_ours, margin, atol=1e-4)
     for level in range(config.levels):
         given = [jnp.asarray(f[f"outputs/zs/{L}"]) for L in range(level, config.levels)]
@@ -126,8 +127,9 @@ def test_forward_loss_and_metrics(tiny):
     for name in names:
         np.testing.assert_allclose(float(metrics[name]), f[f"outputs/forward_metrics/{name}"], rtol=1e-4, err_msg=name)
     for level in range(config.levels):
-        np.testing.assert_allclose(float(out["commit_losses"][level]), f[f"outputs/commit_loss_per_level/{level}"],
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            float(out["commit_losses"][level]), f[f"outputs/commit_loss_per_level/{level}"], rtol=1e-4
+        )
     np.testing.assert_allclose(np.asarray(out["x_outs"][0]), f["outputs/forward_x_out"], atol=1e-4)
 
 
@@ -135,8 +137,14 @@ def test_stft_matches_torch():
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(0).standard_normal((2, 3000)).astype(np.float32)
     for n_fft, hop, win in ((512, 50, 240), (2048, 256, 1536)):
-        ref = torch.stft(torch.from_numpy(x), n_fft, hop, win_length=win, window=torch.hann_window(win),
-                         return_complex=True).abs().numpy().transpose(0, 2, 1)
+        ref = (
+            torch.stft(
+                torch.from_numpy(x), n_fft, hop, win_length=win, window=torch.hann_window(win), return_complex=True
+            )
+            .abs()
+            .numpy()
+            .transpose(0, 2, 1)
+        )
         ours = np.asarray(stft_magnitude(jnp.asarray(x), n_fft, hop, win))
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-3)
 
@@ -168,8 +176,9 @@ def test_hf_fixture_parity():
         np.testing.assert_allclose(np.asarray(latents[level]), _nct(oracle[f"vqvae/latent_level{level}"]), atol=1e-5)
         np.testing.assert_array_equal(np.asarray(codes[level]), oracle[f"vqvae/codes_level{level}"])
         k = params["bottleneck"][f"level_blocks_{level}"]["k"]
-        np.testing.assert_array_equal(np.asarray(bn.dequantise(codes[level], k)),
-                                      _nct(oracle[f"vqvae/dequantised_level{level}"]))
+        np.testing.assert_array_equal(
+            np.asarray(bn.dequantise(codes[level], k)), _nct(oracle[f"vqvae/dequantised_level{level}"])
+        )
         out = module.apply(v, codes[level:], start_level=level, method=VQVAEModule.decode)
         np.testing.assert_allclose(np.asarray(out), oracle[f"vqvae/decoded_level{level}"], atol=1e-4)
 
@@ -185,8 +194,7 @@ def test_vqvae_object_matches_fixture_and_checks_input(tiny):
     assert [c.shape for c in codes] == [(2, 512), (2, 128), (2, 32)]
     assert all(c.dtype == jnp.int32 for c in codes)
     zs = [jnp.asarray(f[f"outputs/zs/{L}"]) for L in range(3)]
-    np.testing.assert_allclose(np.asarray(vq.decode(zs[1:], start_level=1)), f["outputs/recon_from_level/1"],
-                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(vq.decode(zs[1:], start_level=1)), f["outputs/recon_from_level/1"], atol=1e-4)
     with pytest.raises(VQVAEInputError, match="multiple of 128"):
         vq.encode(np.zeros((1, 100, 1), np.float32))
     with pytest.raises(VQVAEInputError, match=r"\[batch, time, 1\]"):
@@ -269,9 +277,20 @@ def test_train_step_loss_falls():
     from jukebox_flax.optim import OptimConfig, make_optimizer
     from jukebox_flax.vqvae.train import init_train_state, make_train_step
 
-    config = VQVAEConfig(levels=2, downs_t=(2, 1), strides_t=(2, 2), emb_width=8, l_bins=16, width=8, depth=1,
-                         multipliers=(1, 1), multispec_n_fft=(256, 128), multispec_hop_length=(32, 16),
-                         multispec_window_size=(128, 64), linf_k=64)
+    config = VQVAEConfig(
+        levels=2,
+        downs_t=(2, 1),
+        strides_t=(2, 2),
+        emb_width=8,
+        l_bins=16,
+        width=8,
+        depth=1,
+        multipliers=(1, 1),
+        multispec_n_fft=(256, 128),
+        multispec_hop_length=(32, 16),
+        multispec_window_size=(128, 64),
+        linf_k=64,
+    )
     t = np.arange(1024) / 44100.0
     x = np.stack([0.5 * np.sin(2 * np.pi * f0 * t) for f0 in (440.0, 660.0)])[..., None].astype(np.float32)
     key = jax.random.PRNGKey(0)

@@ -30,7 +30,10 @@ def dataset(data: Path) -> AudioDataset:
     return AudioDataset(songs, SAMPLE_LENGTH, labeller_for_songs(songs))
 
 
-def task(optim: training.OptimConfig = training.OptimConfig(lr=1e-2, warmup_steps=2)) -> training.Task:
+TOY_OPTIM = training.OptimConfig(lr=1e-2, warmup_steps=2)
+
+
+def task(optim: training.OptimConfig = TOY_OPTIM) -> training.Task:
     def init_params(key, batch):
         return {"w": jnp.zeros((TAPS,)), "artist_bias": 0.01 * jax.random.normal(key, (8,))}
 
@@ -43,7 +46,9 @@ def task(optim: training.OptimConfig = training.OptimConfig(lr=1e-2, warmup_step
         loss = jnp.mean((pred - x[:, TAPS:]) ** 2)
         return loss, {"mse": loss}
 
-    return training.gradient_task(init_params, loss_fn, optim, prepare=lambda b: (jnp.asarray(b.audio), jnp.asarray(b.y)))
+    return training.gradient_task(
+        init_params, loss_fn, optim, prepare=lambda b: (jnp.asarray(b.audio), jnp.asarray(b.y))
+    )
 
 
 def run(data: Path, out: Path, steps: int, every: int, kill_at: int = 0, batch: int = 4, seed: int = 3):
@@ -53,8 +58,17 @@ def run(data: Path, out: Path, steps: int, every: int, kill_at: int = 0, batch: 
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return training.train(task(), lambda i: ds.batch(i, batch, seed), steps, out, seed=seed,
-                          checkpoint_every=every, log_every=1, progress=False, after_step=after_step)
+    return training.train(
+        task(),
+        lambda i: ds.batch(i, batch, seed),
+        steps,
+        out,
+        seed=seed,
+        checkpoint_every=every,
+        log_every=1,
+        progress=False,
+        after_step=after_step,
+    )
 
 
 if __name__ == "__main__":

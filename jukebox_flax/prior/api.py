@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -39,7 +39,7 @@ from .prior import (
 
 __all__ = ["Prior", "load_prior", "init_prior_params", "abstract_prior_params", "prior_param_axes", "PriorCallError"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _int_array(name: str, x: Any, ndim: int = 2) -> np.ndarray:
@@ -55,10 +55,26 @@ def _logits(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any) 
 
 
 @partial(jax.jit, static_argnames=("module", "layers", "stop_early", "music_only"))
-def _features(module: JukeboxPrior, params: Any, tokens: Any, y: Any, upper: Any, layers: tuple[int, ...],
-              stop_early: bool, music_only: bool) -> Any:
-    return module.apply({"params": params}, tokens, y, upper, layers=layers, stop_early=stop_early,
-                        music_only=music_only, method=JukeboxPrior.features)
+def _features(
+    module: JukeboxPrior,
+    params: Any,
+    tokens: Any,
+    y: Any,
+    upper: Any,
+    layers: tuple[int, ...],
+    stop_early: bool,
+    music_only: bool,
+) -> Any:
+    return module.apply(
+        {"params": params},
+        tokens,
+        y,
+        upper,
+        layers=layers,
+        stop_early=stop_early,
+        music_only=music_only,
+        method=JukeboxPrior.features,
+    )
 
 
 @partial(jax.jit, static_argnames="module")
@@ -79,7 +95,7 @@ class Prior:
     config: PriorConfig
     params: Any
     module: JukeboxPrior = None  # type: ignore[assignment]
-    vocab: Optional[dict] = None
+    vocab: dict | None = None
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -138,8 +154,15 @@ class Prior:
         tokens, y, upper = self.check_inputs(tokens, y, upper)
         return _logits(self.module, self.params, tokens, y, upper)
 
-    def features(self, tokens: Any, y: Any = None, upper: Any = None, layers: Any = None,
-                 stop_early: bool = True, music_only: bool = True) -> dict[int, jax.Array]:
+    def features(
+        self,
+        tokens: Any,
+        y: Any = None,
+        upper: Any = None,
+        layers: Any = None,
+        stop_early: bool = True,
+        music_only: bool = True,
+    ) -> dict[int, jax.Array]:
         """Teacher-forced activations for representation learning: {n: float32 [B, T, width]}.
 
         ``layers``: layer counts n in 0..depth (an int or a sequence): the residual stream after the
@@ -174,18 +197,30 @@ class Prior:
         return _loss(self.module, self.params, tokens, y, upper)
 
     # -- sampling ---------------------------------------------------------------------------------
-    def sample(self, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, **kw: Any) -> np.ndarray:
+    def sample(
+        self,
+        key: jax.Array,
+        n: int,
+        y: Any = None,
+        upper: Any = None,
+        prime: Any = None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        **kw: Any,
+    ) -> np.ndarray:
         """``n`` new tokens after the optional ``prime`` int32 [B, T_prime] (see ``sampling.sampler``)."""
-        return sample_prior(self, key, n, y=y, upper=upper, prime=prime, temperature=temperature,
-                            top_k=top_k, top_p=top_p, **kw)
+        return sample_prior(
+            self, key, n, y=y, upper=upper, prime=prime, temperature=temperature, top_k=top_k, top_p=top_p, **kw
+        )
 
     def num_params(self) -> int:
         return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(self.params)))
 
 
-def load_prior(path: PathLike, level: Optional[int] = None, dtype: Any = None, *, mesh: Any = None,
-               scan_layers: bool = True) -> Prior:
+def load_prior(
+    path: PathLike, level: int | None = None, dtype: Any = None, *, mesh: Any = None, scan_layers: bool = True
+) -> Prior:
     """Load a prior from a prior directory, or from a whole-model directory (``level``: 0 = finest,
     default the top level).
 

@@ -32,7 +32,6 @@ float32, masked entries set to -1e9 (not -inf), softmax in float32, cast back, t
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -61,16 +60,18 @@ def prime_keys(prime_len: int, blocks: int) -> int:
     return (prime_len // blocks + 1) * blocks
 
 
-def cache_length(attn_type: str, n_ctx: int, blocks: Optional[int], prime_len: int = 0, encoder_len: int = 0) -> int:
+def cache_length(attn_type: str, n_ctx: int, blocks: int | None, prime_len: int = 0, encoder_len: int = 0) -> int:
     """Entries the KV cache of one layer of ``attn_type`` keeps (see the module table)."""
     if attn_type in ("dense", "transpose_block"):
         return n_ctx
+    if attn_type == "cross":
+        return encoder_len
+    if blocks is None:
+        raise ValueError(f"{attn_type} attention needs blocks")
     if attn_type == "block":
         return n_ctx // blocks
     if attn_type == "prev_block":
         return 2 * (n_ctx // blocks)
-    if attn_type == "cross":
-        return encoder_len
     if attn_type == "prime":
         return prime_keys(prime_len, blocks)
     raise ValueError(f"attention type {attn_type!r} has no sampling support (known: {ATTENTION_TYPES})")
@@ -95,14 +96,14 @@ def _scores_scale(head_dim: int) -> float:
     return scale * scale
 
 
-def _softmax(w: Array, mask: Optional[Array], dtype) -> Array:
+def _softmax(w: Array, mask: Array | None, dtype) -> Array:
     w = w.astype(jnp.float32)
     if mask is not None:
         w = jnp.where(mask, w, -1e9)
     return jax.nn.softmax(w, axis=-1).astype(dtype)
 
 
-def attend(q: Array, k: Array, v: Array, heads: int, mask: Optional[Array] = None) -> tuple[Array, Array]:
+def attend(q: Array, k: Array, v: Array, heads: int, mask: Array | None = None) -> tuple[Array, Array]:
     """Multi-head softmax attention. q [N, Lq, d], k/v [N, Lk, d], mask broadcastable to [N, H, Lq, Lk].
 
     Returns the output [N, Lq, d] and the softmax weights [N, H, Lq, Lk] (in q's dtype).
@@ -125,7 +126,7 @@ def _causal(q_len: int, k_len: int) -> Array:
 
 
 def full_attention(
-    attn_type: str, q: Array, k: Array, v: Array, heads: int, block_ctx: Optional[int] = None, n_prime_keys: int = 0
+    attn_type: str, q: Array, k: Array, v: Array, heads: int, block_ctx: int | None = None, n_prime_keys: int = 0
 ) -> tuple[Array, Array]:
     """Attention over a whole sequence q, k, v [B, L, d] (L a multiple of block_ctx).
 
@@ -142,6 +143,7 @@ def full_attention(
     if attn_type == "prime":
         k, v = k[:, :n_prime_keys], v[:, :n_prime_keys]
         return attend(q, k, v, heads, _causal(l, k.shape[1]))
+    assert block_ctx is not None, "block attention types need block_ctx"
     rows = l // block_ctx
     if attn_type == "block":
         as_rows = lambda x: x.reshape(b * rows, block_ctx, d)
@@ -175,7 +177,9 @@ def _write_one(cache: Array, r: Array, slot: Array, new: Array) -> Array:
     """cache[r, :, slot] = new[:, 0] for one slot inside the cache, as an in-place dynamic_update_slice."""
     zero = jnp.zeros((), jnp.int32)
     update = new[None, :, :1].astype(cache.dtype)  # [1, B, 1, d]
-    return lax.dynamic_update_slice(cache, update, (jnp.asarray(r, jnp.int32), zero, jnp.asarray(slot, jnp.int32), zero))
+    return lax.dynamic_update_slice(
+        cache, update, (jnp.asarray(r, jnp.int32), zero, jnp.asarray(slot, jnp.int32), zero)
+    )
 
 
 def _layer(cache: Array, r: Array) -> Array:
@@ -185,15 +189,15 @@ def _layer(cache: Array, r: Array) -> Array:
 def decode_attention(
     attn_type: str,
     q: Array,
-    k_new: Optional[Array],
-    v_new: Optional[Array],
+    k_new: Array | None,
+    v_new: Array | None,
     cache_k: Array,
     cache_v: Array,
     r: Array,
     start: Array,
     heads: int,
     n_ctx: int,
-    block_ctx: Optional[int],
+    block_ctx: int | None,
 ) -> tuple[Array, Array, Array]:
     """Attention for C new positions ``start .. start+C-1`` (q [B, C, d]) against the cache.
 
@@ -212,6 +216,7 @@ def decode_attention(
     if attn_type == "cross":
         out, _ = attend(q, _layer(cache_k, r), _layer(cache_v, r), heads, None)
         return out, cache_k, cache_v
+    assert k_new is not None and v_new is not None, "only cross attention decodes without new keys"
 
     if attn_type in ("dense", "prime"):
         # never wraps: write first, then attend to every kept position <= t
@@ -222,6 +227,7 @@ def decode_attention(
         mask = jnp.arange(size)[None, :] <= pos[:, None]
         out, _ = attend(q, _layer(cache_k, r), _layer(cache_v, r), heads, mask)
         return out, cache_k, cache_v
+    assert block_ctx is not None, "block attention types need block_ctx"
 
     if attn_type == "transpose_block":
         rows = n_ctx // block_ctx
@@ -275,8 +281,8 @@ def decode_attention(
         if c == 1:
             return out, cache_k, cache_v
         keep = min(c, size)
-        cache_k = _write(cache_k, r, pos[c - keep:] % size, k_new[:, c - keep:])
-        cache_v = _write(cache_v, r, pos[c - keep:] % size, v_new[:, c - keep:])
+        cache_k = _write(cache_k, r, pos[c - keep :] % size, k_new[:, c - keep :])
+        cache_v = _write(cache_v, r, pos[c - keep :] % size, v_new[:, c - keep :])
         return out, cache_k, cache_v
 
     raise ValueError(f"attention type {attn_type!r} has no sampling support")

@@ -50,7 +50,7 @@ softmax in float32); embedding sums, the conditioning re-add and the output head
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -81,20 +81,36 @@ class Autoregressive(nn.Module):
     def setup(self) -> None:
         c = self.config
         s = c.init_scale
-        self.x_emb = nn.Embed(c.bins, c.width, param_dtype=c.param_dtype,
-                              embedding_init=partitioned(nn.initializers.normal(0.02 * s), ("vocab", "embed")))
+        self.x_emb = nn.Embed(
+            c.bins,
+            c.width,
+            param_dtype=c.param_dtype,
+            embedding_init=partitioned(nn.initializers.normal(0.02 * s), ("vocab", "embed")),
+        )
         if not c.y_cond:
-            self.start_token = self.param("start_token", partitioned(nn.initializers.normal(0.01 * s), (None, "embed")),
-                                          (1, c.width), c.param_dtype)
-        self.pos_emb = self.param("pos_emb", partitioned(nn.initializers.normal(0.01 * s), ("ctx", "embed")),
-                                  (c.n_ctx, c.width), c.param_dtype)
+            self.start_token = self.param(
+                "start_token",
+                partitioned(nn.initializers.normal(0.01 * s), (None, "embed")),
+                (1, c.width),
+                c.param_dtype,
+            )
+        self.pos_emb = self.param(
+            "pos_emb",
+            partitioned(nn.initializers.normal(0.01 * s), ("ctx", "embed")),
+            (c.n_ctx, c.width),
+            c.param_dtype,
+        )
         self.transformer = Transformer(c, self.scan_layers)
         if c.merged_decoder and not c.only_encode:
-            self.x_out = nn.Dense(c.bins, use_bias=False, param_dtype=c.param_dtype,
-                                  kernel_init=partitioned(_torch_linear_init, ("embed", "vocab")))
+            self.x_out = nn.Dense(
+                c.bins,
+                use_bias=False,
+                param_dtype=c.param_dtype,
+                kernel_init=partitioned(_torch_linear_init, ("embed", "vocab")),
+            )
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _start_embedding(self, batch: int, y_cond: Optional[Array]) -> Array:
+    def _start_embedding(self, batch: int, y_cond: Array | None) -> Array:
         width = self.config.width
         if self.config.y_cond:
             if y_cond is None or y_cond.shape != (batch, 1, width):
@@ -105,12 +121,12 @@ class Autoregressive(nn.Module):
             raise PriorInputError("this model has a learned start token: pass no y_cond")
         return jnp.broadcast_to(self.start_token.astype(jnp.float32), (batch, width))
 
-    def _check_cond(self, x_cond: Optional[Array], batch: int, length: int) -> None:
+    def _check_cond(self, x_cond: Array | None, batch: int, length: int) -> None:
         w = self.config.width
         if x_cond is not None and x_cond.shape not in ((batch, length, w), (batch, 1, w)):
             raise PriorInputError(f"x_cond must be [{batch}, {length} or 1, {w}], got {x_cond.shape}")
 
-    def _head(self, h: Array, cond: Optional[Array]) -> Array:
+    def _head(self, h: Array, cond: Array | None) -> Array:
         """Conditioning re-add (not merged_decoder) and the output head, in float32."""
         c = self.config
         if not c.merged_decoder and cond is not None:
@@ -121,13 +137,13 @@ class Autoregressive(nn.Module):
             return self.x_out(h)
         return h @ self.x_emb.embedding.astype(jnp.float32).T
 
-    def head(self, h: Array, x_cond: Optional[Array] = None) -> Array:
+    def head(self, h: Array, x_cond: Array | None = None) -> Array:
         """The output head on the final residual stream h [B, T, w] (``features`` at layer ``depth``):
         float32 logits [B, T, bins], re-adding x_cond first when not ``merged_decoder``."""
         return self._head(h.astype(jnp.float32), None if x_cond is None else x_cond.astype(jnp.float32))
 
     # -- teacher forcing ----------------------------------------------------------------------
-    def _embed(self, tokens: Array, x_cond: Optional[Array], y_cond: Optional[Array]) -> tuple[Array, Optional[Array]]:
+    def _embed(self, tokens: Array, x_cond: Array | None, y_cond: Array | None) -> tuple[Array, Array | None]:
         """The transformer's input (shifted token embeddings + start + positions + x_cond) and x_cond (float32)."""
         if tokens.ndim != 2:
             raise PriorInputError(f"tokens must be [batch, time], got shape {tokens.shape}")
@@ -144,22 +160,30 @@ class Autoregressive(nn.Module):
             h = h + cond
         return h, cond
 
-    def __call__(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
-                 encoder_kv: Optional[Array] = None) -> Array:
+    def __call__(
+        self, tokens: Array, x_cond: Array | None = None, y_cond: Array | None = None, encoder_kv: Array | None = None
+    ) -> Array:
         h, cond = self._embed(tokens, x_cond, y_cond)
         h, _ = self.transformer(h, encoder_kv)
         return self._head(h, cond)
 
-    def attention_weights(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
-                          encoder_kv: Optional[Array] = None) -> tuple[Array, dict[int, Array]]:
+    def attention_weights(
+        self, tokens: Array, x_cond: Array | None = None, y_cond: Array | None = None, encoder_kv: Array | None = None
+    ) -> tuple[Array, dict[int, Array]]:
         """(``__call__``'s output, {layer index: softmax weights})."""
         h, cond = self._embed(tokens, x_cond, y_cond)
         h, weights = self.transformer.attention_weights(h, encoder_kv)
         return self._head(h, cond), weights
 
-    def features(self, tokens: Array, x_cond: Optional[Array] = None, y_cond: Optional[Array] = None,
-                 encoder_kv: Optional[Array] = None, layers: tuple[int, ...] = (), stop_early: bool = True
-                 ) -> dict[int, Array]:
+    def features(
+        self,
+        tokens: Array,
+        x_cond: Array | None = None,
+        y_cond: Array | None = None,
+        encoder_kv: Array | None = None,
+        layers: tuple[int, ...] = (),
+        stop_early: bool = True,
+    ) -> dict[int, Array]:
         """Teacher-forced residual stream after the first n layers, for each n in ``layers``
         (0 = the transformer's input, ``depth`` = its output; as ``__call__``, before the x_cond
         re-add and the head): {n: float32 [B, T, w]}. ``stop_early`` runs no layer past max(layers)."""
@@ -180,8 +204,15 @@ class Autoregressive(nn.Module):
     def cache_bytes(self, batch: int = 1, dtype: Any = None) -> int:
         return cache_bytes(self.config, batch, dtype)
 
-    def decode(self, inputs: Array, start: Array, cache: dict, x_cond: Optional[Array] = None,
-               y_cond: Optional[Array] = None, encoder_kv: Optional[Array] = None) -> tuple[Array, dict]:
+    def decode(
+        self,
+        inputs: Array,
+        start: Array,
+        cache: dict,
+        x_cond: Array | None = None,
+        y_cond: Array | None = None,
+        encoder_kv: Array | None = None,
+    ) -> tuple[Array, dict]:
         if inputs.ndim != 2:
             raise PriorInputError(f"inputs must be [batch, chunk], got shape {inputs.shape}")
         batch, chunk = inputs.shape
@@ -198,5 +229,6 @@ class Autoregressive(nn.Module):
             if cond.shape[1] != 1:
                 cond = lax.dynamic_slice_in_dim(cond, start, chunk, axis=1)
             h = h + cond
-        h, cache = self.transformer(h, encoder_kv, cache=cache, start=start)
-        return self._head(h, cond), cache
+        h, new_cache = self.transformer(h, encoder_kv, cache=cache, start=start)
+        assert new_cache is not None
+        return self._head(h, cond), new_cache

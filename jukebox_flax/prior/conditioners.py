@@ -15,7 +15,6 @@ Layout is NTC (time before channels) throughout.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -42,11 +41,16 @@ def _axes(init, names: tuple[str, ...]):
     return nn.with_logical_partitioning(init, names)
 
 
-def layer_norm(name: Optional[str] = None) -> nn.LayerNorm:
+def layer_norm(name: str | None = None) -> nn.LayerNorm:
     """torch.nn.LayerNorm(eps=1e-5) in fp32; exact two-pass variance for parity."""
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, name=name,
-                        scale_init=_axes(nn.initializers.ones, ("embed",)),
-                        bias_init=_axes(nn.initializers.zeros, ("embed",)))
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        use_fast_variance=False,
+        dtype=jnp.float32,
+        name=name,
+        scale_init=_axes(nn.initializers.ones, ("embed",)),
+        bias_init=_axes(nn.initializers.zeros, ("embed",)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,6 +64,8 @@ def timing_ranges(config: PriorConfig) -> dict[str, tuple[float, float]]:
     the float32 positions, exactly like torch does.
     """
     sr = config.sr
+    if config.min_duration is None or config.max_duration is None:
+        raise LabelError("timing signals need the prior's min_duration and max_duration")
     return {
         "total_length": (config.min_duration * sr, config.max_duration * sr),
         "absolute_pos": (0.0, config.max_duration * sr),
@@ -67,7 +73,7 @@ def timing_ranges(config: PriorConfig) -> dict[str, tuple[float, float]]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bin_thresholds(bins: int, lo: float, hi: float) -> np.ndarray:
     """float32 [bins - 1]: entry j-1 is the smallest float32 position whose bin is >= j.
 
@@ -107,7 +113,7 @@ def _keep_rounding(x: jax.Array) -> jax.Array:
 
 def range_bins(
     start: jax.Array,
-    end: Optional[jax.Array],
+    end: jax.Array | None,
     n_time: int,
     bins: int,
     lo: float,
@@ -125,6 +131,7 @@ def range_bins(
     if n_time == 1:
         position = start
     else:
+        assert end is not None, "a timing signal over n_time > 1 bins needs its end"
         end = end.astype(jnp.float32)
         if clamp:
             end = jnp.clip(end, np.float32(lo), np.float32(hi))
@@ -180,7 +187,7 @@ class LabelConditioner(nn.Module):
     config: PriorConfig
 
     @nn.compact
-    def __call__(self, labels: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+    def __call__(self, labels: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         c = self.config
         std = 0.01 * c.init_scale
 
@@ -230,15 +237,27 @@ class UpperConditioner(nn.Module):
     def __call__(self, upper: jax.Array) -> jax.Array:
         c = self.config
         x = nn.Embed(
-            c.bins, c.width, dtype=jnp.float32, name="x_emb",
+            c.bins,
+            c.width,
+            dtype=jnp.float32,
+            name="x_emb",
             embedding_init=_axes(nn.initializers.normal(0.02 * c.init_scale), ("vocab", "embed")),
         )(upper)
         # The VQ-VAE's decoder block, with dilations NOT reversed and res blocks named `blocks`
         # (the original builds it with checkpoint_res=1).
         x = DecoderConvBlock(
-            out_width=c.width, down_t=c.cond_down_t, stride_t=c.cond_stride_t, width=c.cond_width,
-            depth=c.cond_depth, m_conv=c.cond_m_conv, dilation_growth_rate=c.cond_dilation_growth_rate,
-            dilation_cycle=c.cond_dilation_cycle, zero_out=c.cond_zero_out, res_scale=c.cond_res_scale,
-            reverse_dilation=False, res_block_name="blocks", name="cond",
+            out_width=c.width,
+            down_t=c.cond_down_t,
+            stride_t=c.cond_stride_t,
+            width=c.cond_width,
+            depth=c.cond_depth,
+            m_conv=c.cond_m_conv,
+            dilation_growth_rate=c.cond_dilation_growth_rate,
+            dilation_cycle=c.cond_dilation_cycle,
+            zero_out=c.cond_zero_out,
+            res_scale=c.cond_res_scale,
+            reverse_dilation=False,
+            res_block_name="blocks",
+            name="cond",
         )(x)
         return layer_norm("ln")(x.astype(jnp.float32))

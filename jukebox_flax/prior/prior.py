@@ -38,7 +38,7 @@ max_bow_genre_size, lyric tokens x n_tokens); upper int [B, n_ctx / cond_downsam
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,8 +52,19 @@ from .autoregressive import Autoregressive
 from .conditioners import LabelConditioner, UpperConditioner, layer_norm
 from .transformer import TransformerConfig, init_cache, partitioned, scan_params, unroll_params
 
-__all__ = ["JukeboxPrior", "PriorCallError", "joint_tokens", "music_from_joint", "cross_entropy_bits",
-           "dummy_inputs", "init_prior_params", "abstract_prior_params", "prior_param_axes", "unroll_layers", "stack_layers"]
+__all__ = [
+    "JukeboxPrior",
+    "PriorCallError",
+    "joint_tokens",
+    "music_from_joint",
+    "cross_entropy_bits",
+    "dummy_inputs",
+    "init_prior_params",
+    "abstract_prior_params",
+    "prior_param_axes",
+    "unroll_layers",
+    "stack_layers",
+]
 
 Array = jax.Array
 
@@ -69,7 +80,7 @@ def music_from_joint(config: PriorConfig, joint: Array) -> Array:
     return jnp.maximum(joint[:, config.n_tokens :] - config.n_vocab, 0)
 
 
-def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[Array, Optional[Array], Optional[Array]]:
+def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[Array, Array | None, Array | None]:
     """Zero (tokens, y, upper) of the shapes the prior takes (for init and shape evaluation)."""
     tokens = jnp.zeros((batch, config.n_ctx), jnp.int32)
     y = jnp.zeros((batch, config.y_length), jnp.int32) if config.labels else None
@@ -83,8 +94,9 @@ _TRANSFORMERS = ("prior", "lyric_encoder")  # the Autoregressive submodules of a
 def unroll_layers(params: dict) -> dict:
     """Prior params with both transformers' scanned runs unrolled (``transformer.unroll_params``):
     the tree of ``JukeboxPrior(config, scan_layers=False)``. Copies the layer weights once."""
-    return {k: {**v, "transformer": unroll_params(v["transformer"])} if k in _TRANSFORMERS else v
-            for k, v in params.items()}
+    return {
+        k: {**v, "transformer": unroll_params(v["transformer"])} if k in _TRANSFORMERS else v for k, v in params.items()
+    }
 
 
 def stack_layers(params: dict, config: PriorConfig) -> dict:
@@ -92,18 +104,21 @@ def stack_layers(params: dict, config: PriorConfig) -> dict:
     layouts = {"prior": config.attention_layout}
     if config.lyrics == "separate":
         layouts["lyric_encoder"] = TransformerConfig.from_prior(config, lyric_encoder=True).layout
-    return {k: {**v, "transformer": scan_params(v["transformer"], layouts[k])} if k in layouts else v
-            for k, v in params.items()}
+    return {
+        k: {**v, "transformer": scan_params(v["transformer"], layouts[k])} if k in layouts else v
+        for k, v in params.items()
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def prior_param_axes(config: PriorConfig, scan_layers: bool = True) -> ParamAxes:
     """Logical axis names of every param of ``JukeboxPrior(config, scan_layers)``, read from the
     metadata its init attaches (abstract shapes only: ``jax.eval_shape``). The upsampler's conditioner
     convolutions are VQ-VAE modules without metadata (``sharding.CONV_AXES``)."""
     module = JukeboxPrior(config, scan_layers=scan_layers)
-    boxed = jax.eval_shape(lambda k: module.init(k, *dummy_inputs(config), method=JukeboxPrior.loss)["params"],
-                           jax.random.key(0))
+    boxed = jax.eval_shape(
+        lambda k: module.init(k, *dummy_inputs(config), method=JukeboxPrior.loss)["params"], jax.random.key(0)
+    )
     return logical_axes(boxed, conv_subtrees=(("upper_conditioner", "cond"),))
 
 
@@ -132,13 +147,18 @@ class JukeboxPrior(nn.Module):
             enc = TransformerConfig.from_prior(c, True, self.dtype, self.param_dtype)
             self.lyric_encoder = Autoregressive(enc, self.scan_layers)
             self.lyric_proj = nn.Dense(
-                c.width, dtype=jnp.float32, param_dtype=self.param_dtype,
+                c.width,
+                dtype=jnp.float32,
+                param_dtype=self.param_dtype,
                 kernel_init=partitioned(nn.initializers.normal(0.02 * enc.init_scale), ("embed", "embed")),
                 bias_init=partitioned(nn.initializers.zeros, ("embed",)),
             )
             self.lyric_ln = layer_norm()
             self.lyric_head = nn.Dense(
-                c.n_vocab, use_bias=False, dtype=jnp.float32, param_dtype=self.param_dtype,
+                c.n_vocab,
+                use_bias=False,
+                dtype=jnp.float32,
+                param_dtype=self.param_dtype,
                 kernel_init=partitioned(nn.initializers.normal(0.02 * c.init_scale), ("embed", "vocab")),
             )
         self.prior = Autoregressive(self.autoregressive_config(), self.scan_layers)
@@ -149,7 +169,7 @@ class JukeboxPrior(nn.Module):
         acts = self.lyric_encoder(prime.astype(jnp.int32)).astype(jnp.float32)
         return self.lyric_ln(self.lyric_proj(acts))
 
-    def condition(self, y: Optional[Array] = None, upper: Optional[Array] = None) -> dict[str, Optional[Array]]:
+    def condition(self, y: Array | None = None, upper: Array | None = None) -> dict[str, Array | None]:
         """x_cond, y_cond, encoder_kv and the lyric tokens ``prime`` (original ``get_cond`` + ``get_encoder_kv``)."""
         c = self.config
         x_cond = y_cond = encoder_kv = prime = timing = None
@@ -171,6 +191,7 @@ class JukeboxPrior(nn.Module):
         else:
             x_cond = timing
         if c.lyrics == "separate":
+            assert prime is not None, "a lyrics prior has labels"
             encoder_kv = self.encode_lyrics(prime)
         elif c.lyrics == "single" and x_cond is not None:
             lyric_part = jnp.zeros((x_cond.shape[0], c.n_tokens, c.width), x_cond.dtype)
@@ -178,21 +199,28 @@ class JukeboxPrior(nn.Module):
         return {"x_cond": x_cond, "y_cond": y_cond, "encoder_kv": encoder_kv, "prime": prime}
 
     # -- teacher forcing -------------------------------------------------------------------------
-    def _inputs(self, tokens: Array, y: Optional[Array], upper: Optional[Array]):
+    def _inputs(self, tokens: Array, y: Array | None, upper: Array | None):
         """(model tokens, x_cond cut to their length, conditioning) for the autoregressive model."""
         c = self.config
         cond = self.condition(y, upper)
         tokens = tokens.astype(jnp.int32)
         if c.lyrics == "single":
+            assert cond["prime"] is not None, "a lyrics prior has labels"
             tokens = joint_tokens(c, cond["prime"], tokens)
         x_cond = cond["x_cond"]
         if x_cond is not None and x_cond.shape[1] != tokens.shape[1]:
             x_cond = x_cond[:, : tokens.shape[1]]  # shorter than a full window (T < n_ctx)
         return tokens, x_cond, cond
 
-
-    def features(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None,
-                 layers: tuple[int, ...] = (), stop_early: bool = True, music_only: bool = True) -> dict[int, Array]:
+    def features(
+        self,
+        tokens: Array,
+        y: Array | None = None,
+        upper: Array | None = None,
+        layers: tuple[int, ...] = (),
+        stop_early: bool = True,
+        music_only: bool = True,
+    ) -> dict[int, Array]:
         """{n: float32 [B, T, W]}: the residual stream after the first n layers of the music
         transformer (n in 0..depth; the MIR recipe's "layer 36 of 72" is n = 36), teacher-forced
         exactly as ``__call__``. It is the stream itself: before the x_cond re-add that follows the
@@ -204,18 +232,19 @@ class JukeboxPrior(nn.Module):
             feats = {n: f[:, self.config.n_tokens :] for n, f in feats.items()}
         return feats
 
-    def __call__(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None) -> Array:
+    def __call__(self, tokens: Array, y: Array | None = None, upper: Array | None = None) -> Array:
         """float32 logits [B, T, bins] (joint positions/vocabulary for 'single')."""
         tokens, x_cond, cond = self._inputs(tokens, y, upper)
         return self.prior(tokens, x_cond, cond["y_cond"], cond["encoder_kv"])
 
-    def attention_weights(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None
-                          ) -> tuple[Array, dict[int, Array]]:
+    def attention_weights(
+        self, tokens: Array, y: Array | None = None, upper: Array | None = None
+    ) -> tuple[Array, dict[int, Array]]:
         """(logits, {layer: softmax weights of the music transformer}) (see ``Autoregressive``)."""
         tokens, x_cond, cond = self._inputs(tokens, y, upper)
         return self.prior.attention_weights(tokens, x_cond, cond["y_cond"], cond["encoder_kv"])
 
-    def loss(self, tokens: Array, y: Optional[Array] = None, upper: Optional[Array] = None):
+    def loss(self, tokens: Array, y: Array | None = None, upper: Array | None = None):
         """(loss, metrics) as the original ``z_forward``: gen_loss (bits/token over music), prime_loss
         (lyrics: the encoder's lm head for 'separate', the lyric positions for 'single'), and
         loss = f * prime_loss * P / (P + N) + gen_loss * N / (P + N), f = prime_loss_fraction,
@@ -252,16 +281,24 @@ class JukeboxPrior(nn.Module):
         """Logical axis names of every param (``prior_param_axes``)."""
         return prior_param_axes(self.config, self.scan_layers)
 
-    def decode(self, inputs: Array, start: Array, cache: dict, x_cond: Optional[Array] = None,
-               y_cond: Optional[Array] = None, encoder_kv: Optional[Array] = None) -> tuple[Array, dict]:
+    def decode(
+        self,
+        inputs: Array,
+        start: Array,
+        cache: dict,
+        x_cond: Array | None = None,
+        y_cond: Array | None = None,
+        encoder_kv: Array | None = None,
+    ) -> tuple[Array, dict]:
         """``Autoregressive.decode`` with this prior's params; pass the tensors of ``condition``
         (x_cond full length: [B, total_ctx, W])."""
         return self.prior.decode(inputs, start, cache, x_cond, y_cond, encoder_kv)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "param_dtype", "scan_layers"))
-def init_prior_params(config: PriorConfig, key: jax.Array, param_dtype: Any = jnp.float32,
-                      scan_layers: bool = True) -> dict:
+def init_prior_params(
+    config: PriorConfig, key: jax.Array, param_dtype: Any = jnp.float32, scan_layers: bool = True
+) -> dict:
     """Freshly initialised params of a prior (the original's inits where they matter), a plain dict.
 
     One compiled program per (config, dtype): op by op, the init's forward pass (scanned layers

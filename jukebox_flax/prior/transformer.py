@@ -55,8 +55,9 @@ with arrays [R, B, S, n_state] (R = 1 for a single layer), S from ``attention.ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 Array = jax.Array
-Axes = tuple[Optional[str], ...]
+Axes = tuple[str | None, ...]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def segment_key(seg: Segment) -> str:
     return f"layers_{seg.start}_{seg.stop - 1}" if seg.scanned else f"layer_{seg.start}"
 
 
-def layer_location(segments: Sequence[Segment], index: int) -> tuple[str, Optional[str], Optional[int]]:
+def layer_location(segments: Sequence[Segment], index: int) -> tuple[str, str | None, int | None]:
     """Where original layer ``index`` lives: (segment key, unit key, stack index) or (key, None, None)."""
     for seg in segments:
         if seg.start <= index < seg.stop:
@@ -185,8 +186,9 @@ def scan_params(params: dict, layout: Sequence[str]) -> dict:
             continue
         u = len(seg.unit)
         out[seg.key] = {
-            f"unit_{j}": jax.tree.map(lambda *a: jnp.stack(a),
-                                      *[params[f"layer_{seg.start + r * u + j}"] for r in range(seg.repeat)])
+            f"unit_{j}": jax.tree.map(
+                lambda *a: jnp.stack(a), *[params[f"layer_{seg.start + r * u + j}"] for r in range(seg.repeat)]
+            )
             for j in range(u)
         }
     return out
@@ -205,7 +207,7 @@ class TransformerConfig:
     layout: tuple[str, ...]  # attention type per layer (``config.attention_layout``)
     n_ctx: int  # positions of the full sequence (lyrics + music for a single encoder-decoder)
     bins: int  # vocabulary of the token embedding and output head
-    blocks: Optional[int] = None
+    blocks: int | None = None
     m_attn: float = 0.25
     m_mlp: float = 1.0
     zero_out: bool = False
@@ -220,8 +222,9 @@ class TransformerConfig:
     param_dtype: Any = jnp.float32
 
     @classmethod
-    def from_prior(cls, prior: PriorConfig, lyric_encoder: bool = False, dtype: Any = jnp.float32,
-                   param_dtype: Any = jnp.float32) -> "TransformerConfig":
+    def from_prior(
+        cls, prior: PriorConfig, lyric_encoder: bool = False, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+    ) -> TransformerConfig:
         """The music model of a prior (original ``SimplePrior.prior``) or, with ``lyric_encoder``,
         its separate lyric encoder (``SimplePrior.prime_prior``, over the n_tokens lyric tokens)."""
         if lyric_encoder:
@@ -229,18 +232,39 @@ class TransformerConfig:
             if enc is None:
                 raise ValueError("this prior has no separate lyric encoder")
             return cls(
-                width=enc.width, heads=enc.heads, layout=attention_layout(enc.attn_order, enc.depth),
-                n_ctx=prior.n_tokens, bins=prior.n_vocab, blocks=enc.blocks, m_attn=enc.m_attn, m_mlp=enc.m_mlp,
-                zero_out=enc.zero_out, init_scale=enc.init_scale, res_scale=enc.res_scale, only_encode=True,
-                dtype=dtype, param_dtype=param_dtype,
+                width=enc.width,
+                heads=enc.heads,
+                layout=attention_layout(enc.attn_order, enc.depth),
+                n_ctx=prior.n_tokens,
+                bins=prior.n_vocab,
+                blocks=enc.blocks,
+                m_attn=enc.m_attn,
+                m_mlp=enc.m_mlp,
+                zero_out=enc.zero_out,
+                init_scale=enc.init_scale,
+                res_scale=enc.res_scale,
+                only_encode=True,
+                dtype=dtype,
+                param_dtype=param_dtype,
             )
         return cls(
-            width=prior.width, heads=prior.heads, layout=prior.attention_layout, n_ctx=prior.total_ctx,
-            bins=prior.total_bins, blocks=prior.blocks, m_attn=prior.m_attn, m_mlp=prior.m_mlp,
-            zero_out=prior.zero_out, init_scale=prior.init_scale, res_scale=prior.res_scale,
-            merged_decoder=prior.merged_decoder, prime_len=prior.prime_len,
+            width=prior.width,
+            heads=prior.heads,
+            layout=prior.attention_layout,
+            n_ctx=prior.total_ctx,
+            bins=prior.total_bins,
+            blocks=prior.blocks,
+            m_attn=prior.m_attn,
+            m_mlp=prior.m_mlp,
+            zero_out=prior.zero_out,
+            init_scale=prior.init_scale,
+            res_scale=prior.res_scale,
+            merged_decoder=prior.merged_decoder,
+            prime_len=prior.prime_len,
             encoder_len=prior.n_tokens if prior.lyrics == "separate" else 0,
-            y_cond=prior.labels or prior.lyrics == "single", dtype=dtype, param_dtype=param_dtype,
+            y_cond=prior.labels or prior.lyrics == "single",
+            dtype=dtype,
+            param_dtype=param_dtype,
         )
 
     @property
@@ -252,7 +276,7 @@ class TransformerConfig:
         return int(self.m_attn * self.width)
 
     @property
-    def block_ctx(self) -> Optional[int]:
+    def block_ctx(self) -> int | None:
         return None if self.blocks is None else self.n_ctx // self.blocks
 
     @property
@@ -272,6 +296,7 @@ def init_cache(config: TransformerConfig, batch: int, dtype: Any = None) -> dict
     dtype = dtype or config.dtype
     cache: dict = {}
     for seg in config.segments:
+
         def zeros(attn_type: str, repeat: int) -> dict:
             shape = (repeat, batch, config.cache_length(attn_type), config.n_state)
             return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
@@ -311,8 +336,7 @@ class Conv1D(nn.Module):
     def __call__(self, x: Array) -> Array:
         init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(0.02 * self.init_scale)
         kernel = self.param("kernel", partitioned(init, self.axes), (x.shape[-1], self.features), self.param_dtype)
-        bias = self.param("bias", partitioned(nn.initializers.zeros, self.axes[1:]), (self.features,),
-                          self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, self.axes[1:]), (self.features,), self.param_dtype)
         return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
 
 
@@ -365,7 +389,7 @@ class FactoredAttention(nn.Module):
         zero = c.zero_out or cross  # the original forces zero_out for its enc-dec layers
         self.c_proj = Conv1D(c.width, ("heads", "embed"), c.init_scale, zero, c.param_dtype)
 
-    def _qkv(self, x: Array, encoder_kv: Optional[Array]):
+    def _qkv(self, x: Array, encoder_kv: Array | None):
         h = self.c_attn(x)
         if self.attn_type == "cross":
             if encoder_kv is None:
@@ -374,22 +398,29 @@ class FactoredAttention(nn.Module):
             return h, k, v
         return tuple(jnp.split(h, 3, axis=-1))
 
-    def attention_weights(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, Array]:
+    def attention_weights(self, x: Array, encoder_kv: Array | None = None) -> tuple[Array, Array]:
         """Teacher-forced output and the softmax weights, in the layout the original records."""
         c = self.config
         q, k, v = self._qkv(x, encoder_kv)
-        n_prime = prime_keys(c.prime_len, c.blocks) if self.attn_type == "prime" else 0
+        n_prime = prime_keys(c.prime_len, c.blocks) if self.attn_type == "prime" and c.blocks else 0
         a, w = full_attention(self.attn_type, q, k, v, c.heads, c.block_ctx, n_prime)
         if self.attn_type == "prime":
             w = w[:, :, c.prime_len :, : c.prime_len]  # what the original records: music queries x lyric keys
         return self.c_proj(a), w
 
-    def __call__(self, x: Array, encoder_kv: Optional[Array] = None, cache: Optional[dict] = None,
-                 start: Optional[Array] = None, r: Any = 0) -> tuple[Array, Optional[dict]]:
+    def __call__(
+        self,
+        x: Array,
+        encoder_kv: Array | None = None,
+        cache: dict | None = None,
+        start: Array | None = None,
+        r: Any = 0,
+    ) -> tuple[Array, dict | None]:
         """Without ``cache`` the teacher-forced output; with it, decode positions ``start ..`` against
         layer ``r`` of the cache arrays and return the updated cache."""
         if cache is None:
             return self.attention_weights(x, encoder_kv)[0], None
+        assert start is not None, "decoding with a cache needs start"
         c = self.config
         ck, cv = cache["k"], cache["v"]
         if self.attn_type == "cross":
@@ -426,12 +457,18 @@ class ResAttnBlock(nn.Module):
             return x + a + m
         return x + self.config.residual_scale * (a + m)
 
-    def __call__(self, x: Array, encoder_kv: Optional[Array] = None, cache: Optional[dict] = None,
-                 start: Optional[Array] = None, r: Any = 0) -> tuple[Array, Optional[dict]]:
+    def __call__(
+        self,
+        x: Array,
+        encoder_kv: Array | None = None,
+        cache: dict | None = None,
+        start: Array | None = None,
+        r: Any = 0,
+    ) -> tuple[Array, dict | None]:
         a, cache = self.attn(self.ln_0(x), encoder_kv, cache, start, r)
         return self._residual(x, a), cache
 
-    def attention_weights(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, Array]:
+    def attention_weights(self, x: Array, encoder_kv: Array | None = None) -> tuple[Array, Array]:
         a, w = self.attn.attention_weights(self.ln_0(x), encoder_kv)
         return self._residual(x, a), w
 
@@ -498,8 +535,11 @@ class Transformer(nn.Module):
         for seg in c.segments:
             if seg.scanned:
                 scanned = nn.scan(
-                    _Unit, variable_axes={"params": 0}, split_rngs={"params": True},
-                    in_axes=(0, nn.broadcast, nn.broadcast), length=seg.repeat,
+                    _Unit,
+                    variable_axes={"params": 0},
+                    split_rngs={"params": True},
+                    in_axes=(0, nn.broadcast, nn.broadcast),
+                    length=seg.repeat,
                     metadata_params={nn.PARTITION_NAME: "layers"},
                     methods=["__call__", "attention_weights", "features"],
                 )
@@ -507,8 +547,9 @@ class Transformer(nn.Module):
             else:
                 setattr(self, seg.key, ResAttnBlock(seg.unit[0], c))
 
-    def __call__(self, x: Array, encoder_kv: Optional[Array] = None, *, cache: Optional[dict] = None,
-                 start: Optional[Array] = None) -> tuple[Array, Optional[dict]]:
+    def __call__(
+        self, x: Array, encoder_kv: Array | None = None, *, cache: dict | None = None, start: Array | None = None
+    ) -> tuple[Array, dict | None]:
         """Teacher-forced forward (``cache`` None) -> (x, None); decode (``cache`` from ``init_cache``,
         ``start`` the position of x[:, 0], traced) -> (x, new cache). x comes back in float32."""
         x = x.astype(self.config.dtype)
@@ -536,7 +577,7 @@ class Transformer(nn.Module):
                 new[seg.key] = sub
         return x.astype(jnp.float32), new
 
-    def attention_weights(self, x: Array, encoder_kv: Optional[Array] = None) -> tuple[Array, dict[int, Array]]:
+    def attention_weights(self, x: Array, encoder_kv: Array | None = None) -> tuple[Array, dict[int, Array]]:
         """Teacher-forced forward -> (float32 x, {layer index: softmax weights})."""
         x = x.astype(self.config.dtype)
         weights = {}
@@ -555,8 +596,9 @@ class Transformer(nn.Module):
                 x, weights[seg.start] = layer.attention_weights(x, encoder_kv)
         return x.astype(jnp.float32), weights
 
-    def features(self, x: Array, encoder_kv: Optional[Array] = None, layers: Sequence[int] = (),
-                 stop: Optional[int] = None) -> dict[int, Array]:
+    def features(
+        self, x: Array, encoder_kv: Array | None = None, layers: Sequence[int] = (), stop: int | None = None
+    ) -> dict[int, Array]:
         """{n: float32 residual stream after the first n layers} for each n in ``layers`` (0..stop),
         running only the first ``stop`` layers (default all)."""
         depth = self.config.depth

@@ -1,4 +1,5 @@
-"""Sampling: the window token loop (``sampler``: ``WindowSampler.prefill`` / ``sample``), logit filters (``filter``), windows of a level
+"""Sampling: the window token loop (``sampler``: ``WindowSampler.prefill`` / ``sample``), logit filters
+(``filter``), windows of a level
 (``windows``), whole songs across levels with resumable runs (``song``) and the ``sample`` command
 (``command``).
 
@@ -9,13 +10,37 @@
 
 from .errors import SamplingError
 from .filter import filter_logits, sample_token
-from .sampler import DecodeModel, SamplingParams, SamplingState, WindowSampler, sample_prior, sample_window, score_tokens
+from .sampler import (
+    DecodeModel,
+    SamplingParams,
+    SamplingState,
+    WindowSampler,
+    sample_prior,
+    sample_window,
+    score_tokens,
+)
 from .song import LevelLabels, LevelSettings, RunDir, sample_level, sample_song
 from .windows import Window, get_starts, level_windows, partial_window, upper_codes
 
 __all__ = [
-    "SamplingError", "filter_logits", "sample_token", "DecodeModel", "SamplingParams", "SamplingState",
-    "WindowSampler", "sample_prior", "sample_window", "score_tokens",
-    "LevelLabels", "LevelSettings", "RunDir", "sample_level", "sample_song", "Window", "get_starts",
-    "level_windows", "partial_window", "upper_codes",
+    "SamplingError",
+    "filter_logits",
+    "sample_token",
+    "DecodeModel",
+    "SamplingParams",
+    "SamplingState",
+    "WindowSampler",
+    "sample_prior",
+    "sample_window",
+    "score_tokens",
+    "LevelLabels",
+    "LevelSettings",
+    "RunDir",
+    "sample_level",
+    "sample_song",
+    "Window",
+    "get_starts",
+    "level_windows",
+    "partial_window",
+    "upper_codes",
 ]

@@ -16,7 +16,7 @@ import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -41,12 +41,12 @@ class SamplePlan:
     batch: int
     sample_length: int  # audio samples to produce (a multiple of the top hop)
     settings: dict[int, LevelSettings]
-    labels: dict[int, Optional[LevelLabels]]
+    labels: dict[int, LevelLabels | None]
     seed: int
     out: Path
     resume: bool
     record: dict[str, Any]  # what run.json holds
-    prime: Optional[np.ndarray] = None  # mono float32 [T_prompt] (a multiple of the top hop)
+    prime: np.ndarray | None = None  # mono float32 [T_prompt] (a multiple of the top hop)
     notes: list[str] = field(default_factory=list)
 
 
@@ -60,7 +60,7 @@ def _read_lyrics(text: str) -> str:
     return text
 
 
-def _temperatures(values: Optional[list[float]], n_levels: int) -> list[float]:
+def _temperatures(values: list[float] | None, n_levels: int) -> list[float]:
     """One temperature per sampled level, top first."""
     values = [DEFAULT_TEMPERATURE] if not values else list(values)
     if len(values) == 1:
@@ -112,25 +112,29 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
     total_length = sample_length  # the song length the timing signal and lyric alignment assume
     if top.has_timing:
         if args.seconds >= top.max_duration:
-            raise SamplingError(f"--seconds {args.seconds} is beyond this model's longest song "
-                                f"({top.max_duration:g} s)")
-        min_total = math.ceil(top.min_duration * sr)
+            raise SamplingError(
+                f"--seconds {args.seconds} is beyond this model's longest song ({top.max_duration:g} s)"
+            )
+        min_total = math.ceil((top.min_duration or 0.0) * sr)
         if total_length < min_total:
             total_length = min_total
             what = "timing signal and lyrics assume" if top.lyrics != "none" else "timing signal assumes"
-            notes.append(f"the model was trained on songs of at least {top.min_duration:g} s: the {what} "
-                         f"a {top.min_duration:g} s song")
+            notes.append(
+                f"the model was trained on songs of at least {top.min_duration:g} s: the {what} "
+                f"a {top.min_duration:g} s song"
+            )
     for level in levels:
         prior = config.priors[level]
         if prior.is_upsampler and sample_length < prior.sample_length:
             raise SamplingError(
                 f"upsampling level {level} needs at least {prior.sample_length / sr:.2f} s of audio (one window); "
-                f"ask for more --seconds or fewer --levels")
+                f"ask for more --seconds or fewer --levels"
+            )
 
     lyrics = _read_lyrics(args.lyrics or "")
     if lyrics.strip() and all(config.priors[level].lyrics == "none" for level in levels):
         notes.append("no level sampled here is conditioned on lyrics: --lyrics is ignored")
-    labels: dict[int, Optional[LevelLabels]] = {}
+    labels: dict[int, LevelLabels | None] = {}
     for level in levels:
         prior = config.priors[level]
         if not prior.labels:
@@ -139,17 +143,21 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
         sub = component_dir(model, f"prior_level_{level}")
         vocab = load_vocab(sub) or load_vocab(model)
         if vocab is None:
-            raise SamplingError(f"{sub} has no vocab.json (artist/genre names): convert the model with --ids or --vocab")
+            raise SamplingError(
+                f"{sub} has no vocab.json (artist/genre names): convert the model with --ids or --vocab"
+            )
         labeller = Labeller.from_vocab_dict(vocab).for_config(prior)
         if prior.lyrics != "none":
             dropped = labeller.check_lyrics(lyrics)
             if dropped:
                 shown = " ".join(repr(c) for c in dropped[:10])
-                raise SamplingError(f"the lyrics contain characters this model cannot write: {shown} "
-                                    f"(it knows {labeller.alphabet!r})")
+                raise SamplingError(
+                    f"the lyrics contain characters this model cannot write: {shown} (it knows {labeller.alphabet!r})"
+                )
         label = labeller.get_label(args.artist, args.genre, lyrics if prior.lyrics != "none" else "", total_length, 0)
-        labels[level] = LevelLabels(y=np.tile(label.y[None], (args.batch, 1)),
-                                    full_tokens=[list(label.full_tokens)] * args.batch)
+        labels[level] = LevelLabels(
+            y=np.tile(label.y[None], (args.batch, 1)), full_tokens=[list(label.full_tokens)] * args.batch
+        )
 
     prime = None
     if args.prime is not None:
@@ -160,16 +168,29 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
         if n == 0:
             raise SamplingError(f"the prime {args.prime} is shorter than one top-level token")
         if n >= sample_length:
-            raise SamplingError(f"the prime ({n / sr:.2f} s) is not shorter than the song asked for "
-                                f"({sample_length / sr:.2f} s)")
+            raise SamplingError(
+                f"the prime ({n / sr:.2f} s) is not shorter than the song asked for ({sample_length / sr:.2f} s)"
+            )
         prime = audio[:n]
 
-    settings = {level: LevelSettings(temperature=temps[n_all - 1 - level], top_k=args.top_k, top_p=args.top_p)
-                for level in levels}
-    record = dict(model=str(model.resolve()), artist=args.artist, genre=args.genre, lyrics=lyrics,
-                  seconds=float(args.seconds), levels=n_levels, batch=int(args.batch), temperature=temps,
-                  top_k=int(args.top_k), top_p=float(args.top_p), seed=int(args.seed),
-                  prime=None if args.prime is None else str(Path(args.prime).resolve()))
+    settings = {
+        level: LevelSettings(temperature=temps[n_all - 1 - level], top_k=args.top_k, top_p=args.top_p)
+        for level in levels
+    }
+    record = dict(
+        model=str(model.resolve()),
+        artist=args.artist,
+        genre=args.genre,
+        lyrics=lyrics,
+        seconds=float(args.seconds),
+        levels=n_levels,
+        batch=int(args.batch),
+        temperature=temps,
+        top_k=int(args.top_k),
+        top_p=float(args.top_p),
+        seed=int(args.seed),
+        prime=None if args.prime is None else str(Path(args.prime).resolve()),
+    )
     out = Path(args.out)
     run = RunDir(out)
     if args.resume:
@@ -179,9 +200,21 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
             raise SamplingError(f"cannot resume {out}: it was started with other arguments ({', '.join(diff)})")
     elif run.exists():
         raise SamplingError(f"{out} already holds a sampling run: pass --resume to continue it, or another --out")
-    return SamplePlan(model=model, config=config, levels=levels, batch=int(args.batch), sample_length=sample_length,
-                      settings=settings, labels=labels, seed=int(args.seed), out=out, resume=bool(args.resume),
-                      record=record, prime=prime, notes=notes)
+    return SamplePlan(
+        model=model,
+        config=config,
+        levels=levels,
+        batch=int(args.batch),
+        sample_length=sample_length,
+        settings=settings,
+        labels=labels,
+        seed=int(args.seed),
+        out=out,
+        resume=bool(args.resume),
+        record=record,
+        prime=prime,
+        notes=notes,
+    )
 
 
 def run_sample(args: argparse.Namespace) -> Path:
@@ -219,14 +252,27 @@ def run_sample(args: argparse.Namespace) -> Path:
         for b, item in enumerate(np.asarray(audio)):
             save_wav(run.wav_file(level, b), item, plan.config.vqvae.sr)
 
-    zs = sample_song(priors, zs, plan.levels, plan.sample_length, plan.labels, plan.settings,
-                     jax.random.key(plan.seed), plan.config.hop_fraction,
-                     decode=lambda z, level: vq.decode(z, start_level=level),
-                     on_window=lambda level, window, zs: run.save_codes(level, zs[level]),
-                     on_level=save_level, progress=True)
-    codes = {f"level_{level}": z for level, z in enumerate(zs) if z.shape[1]}
+    zs = sample_song(
+        priors,
+        zs,
+        plan.levels,
+        plan.sample_length,
+        plan.labels,
+        plan.settings,
+        jax.random.key(plan.seed),
+        plan.config.hop_fraction,
+        decode=lambda z, level: vq.decode(z, start_level=level),
+        on_window=lambda level, window, zs: run.save_codes(level, zs[level]),
+        on_level=save_level,
+        progress=True,
+    )
+    codes: dict[str, Any] = {f"level_{level}": z for level, z in enumerate(zs) if z.shape[1]}
     with open(plan.out / "codes.npz", "wb") as f:
-        np.savez(f, **codes, sr=np.int32(plan.config.vqvae.sr),
-                 hop_lengths=np.asarray(plan.config.vqvae.hop_lengths, np.int32))
+        np.savez(
+            f,
+            **codes,
+            sr=np.int32(plan.config.vqvae.sr),
+            hop_lengths=np.asarray(plan.config.vqvae.hop_lengths, np.int32),
+        )
     print(f"wrote {plan.out}")
     return plan.out

@@ -18,13 +18,11 @@ sizes that holds it (a ``lax.switch``), not from a sort.
 
 from __future__ import annotations
 
-from typing import Union
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Scalar = Union[float, int, jax.Array]
+Scalar = float | int | jax.Array
 
 
 def check_filter_args(top_k: int, top_p: float) -> None:
@@ -63,9 +61,7 @@ def _nucleus(logits: jax.Array, p: jax.Array) -> jax.Array:
     cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1), axis=-1)
     remove_sorted = cumulative > p
     # shift right by one: keep the first token that crosses the threshold; never remove the top one
-    remove_sorted = jnp.concatenate(
-        [jnp.zeros_like(remove_sorted[..., :1]), remove_sorted[..., :-1]], axis=-1
-    )
+    remove_sorted = jnp.concatenate([jnp.zeros_like(remove_sorted[..., :1]), remove_sorted[..., :-1]], axis=-1)
     remove = jnp.zeros_like(remove_sorted)
     remove = jnp.put_along_axis(remove, order, remove_sorted, axis=-1, inplace=False)
     return jnp.where(remove, neg_inf, logits)
@@ -90,8 +86,9 @@ def filter_logits(logits: jax.Array, top_k: Scalar = 0, top_p: Scalar = 0.0) -> 
     return lax.cond(p > 0.0, lambda x: _nucleus(x, p), lambda x: x, logits)
 
 
-def sample_token(key: jax.Array, logits: jax.Array, temperature: Scalar = 1.0, top_k: Scalar = 0,
-                 top_p: Scalar = 0.0) -> jax.Array:
+def sample_token(
+    key: jax.Array, logits: jax.Array, temperature: Scalar = 1.0, top_k: Scalar = 0, top_p: Scalar = 0.0
+) -> jax.Array:
     """One token per row of ``logits [..., vocab]``: divide by the temperature, filter, sample."""
     logits = logits.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
     logits = filter_logits(logits, top_k, top_p)

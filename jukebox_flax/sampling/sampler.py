@@ -41,8 +41,19 @@ from ..sharding import shard_batch, shard_cache, shard_params, to_host
 from .errors import SamplingError
 from .filter import check_filter_args, sample_token
 
-__all__ = ["DecodeModel", "LoadedModel", "SamplingParams", "SamplingState", "WindowSampler", "condition",
-           "init_cache", "row_keys", "sample_prior", "sample_window", "score_tokens"]
+__all__ = [
+    "DecodeModel",
+    "LoadedModel",
+    "SamplingParams",
+    "SamplingState",
+    "WindowSampler",
+    "condition",
+    "init_cache",
+    "row_keys",
+    "sample_prior",
+    "sample_window",
+    "score_tokens",
+]
 
 _DECODE_INPUTS = ("x_cond", "y_cond", "encoder_kv")  # the conditioning tensors decode takes
 
@@ -62,10 +73,19 @@ class DecodeModel(Protocol):
 
     def init_cache(self, batch: int, dtype: Any = None) -> Any: ...
 
-    def decode(self, inputs: jax.Array, start: Any, cache: Any, x_cond: jax.Array | None = None,
-               y_cond: jax.Array | None = None, encoder_kv: jax.Array | None = None) -> tuple[jax.Array, Any]: ...
+    def decode(
+        self,
+        inputs: jax.Array,
+        start: Any,
+        cache: Any,
+        x_cond: jax.Array | None = None,
+        y_cond: jax.Array | None = None,
+        encoder_kv: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]: ...
 
     def condition(self, y: jax.Array | None, upper: jax.Array | None) -> dict: ...
+
+    def param_axes(self) -> Any: ...
 
     def apply(self, variables: Any, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -149,8 +169,17 @@ class WindowSampler:
         return self.model.apply({"params": params}, inputs, start, cache, method="decode", **cond)
 
     @partial(jax.jit, static_argnames=("self", "with_logits"), donate_argnames="cache")
-    def prefill(self, params: Any, cond: dict, tokens: jax.Array, n_prime: jax.Array, cache: Any,
-                key: jax.Array | None = None, row_offset: Any = 0, with_logits: bool = False) -> SamplingState:
+    def prefill(
+        self,
+        params: Any,
+        cond: dict,
+        tokens: jax.Array,
+        n_prime: jax.Array,
+        cache: Any,
+        key: jax.Array | None = None,
+        row_offset: Any = 0,
+        with_logits: bool = False,
+    ) -> SamplingState:
         """Run positions ``< n_prime`` of ``tokens [B, L]`` through the model into ``cache`` (its old
         contents are discarded); the state samples position ``n_prime`` next. ``key``: the window's
         key, from which the row keys ``sample`` draws with are derived (``row_keys``; None: the state
@@ -180,12 +209,14 @@ class WindowSampler:
         n_chunks = n_prime // chunk
         carry = jax.lax.fori_loop(0, n_chunks, lambda i, c: run(i * chunk, chunk, c), (cache, logits_buf))
         cache, logits_buf = jax.lax.fori_loop(n_chunks * chunk, n_prime, lambda t, c: run(t, 1, c), carry)
-        return SamplingState(t=jnp.asarray(n_prime, jnp.int32), tokens=tokens, cache=cache, keys=keys,
-                             logits=logits_buf)
+        return SamplingState(
+            t=jnp.asarray(n_prime, jnp.int32), tokens=tokens, cache=cache, keys=keys, logits=logits_buf
+        )
 
     @partial(jax.jit, static_argnames="self", donate_argnames="state")
-    def sample(self, params: Any, cond: dict, state: SamplingState, end: jax.Array,
-               sampling: SamplingParams) -> SamplingState:
+    def sample(
+        self, params: Any, cond: dict, state: SamplingState, end: jax.Array, sampling: SamplingParams
+    ) -> SamplingState:
         """Sample positions ``state.t .. end - 1`` into ``state.tokens`` (needs ``state.keys``)."""
         if state.keys is None:
             raise SamplingError("sampling needs row keys: pass the key to prefill")
@@ -198,7 +229,8 @@ class WindowSampler:
             assert keys is not None  # checked above; the carry keeps it
             step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t.astype(jnp.uint32))
             token = jax.vmap(sample_token, in_axes=(0, 0, None, None, None))(
-                step_keys, logits[:, 0], sampling.temperature, sampling.top_k, sampling.top_p)
+                step_keys, logits[:, 0], sampling.temperature, sampling.top_k, sampling.top_p
+            )
             tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, token[:, None], t, axis=1)
             logits_buf = state.logits
             if logits_buf is not None:
@@ -240,10 +272,23 @@ def _sampler(prior: LoadedModel, chunk_size: int) -> WindowSampler:
     return WindowSampler(prior.module, min(int(chunk_size), prior.config.total_ctx))
 
 
-def sample_window(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
-                  *, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, chunk_size: int = 32,
-                  row_offset: int = 0, batch: int | None = None, cache: Any = None,
-                  mesh: Any = None) -> tuple[np.ndarray, Any]:
+def sample_window(
+    prior: LoadedModel,
+    key: jax.Array,
+    n: int,
+    y: Any = None,
+    upper: Any = None,
+    prime: Any = None,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    chunk_size: int = 32,
+    row_offset: int = 0,
+    batch: int | None = None,
+    cache: Any = None,
+    mesh: Any = None,
+) -> tuple[np.ndarray, Any]:
     """``sample_prior`` that also takes and returns the KV cache, so a caller sampling many windows
     reuses (donates) one cache allocation. The returned cache must not be used after passing it."""
     config = prior.config
@@ -265,8 +310,15 @@ def sample_window(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, upp
     return out.astype(np.int32), state.cache
 
 
-def score_tokens(prior: LoadedModel, tokens: Any, y: Any = None, upper: Any = None, chunk_size: int = 32,
-                 joint: bool = False, mesh: Any = None) -> np.ndarray:
+def score_tokens(
+    prior: LoadedModel,
+    tokens: Any,
+    y: Any = None,
+    upper: Any = None,
+    chunk_size: int = 32,
+    joint: bool = False,
+    mesh: Any = None,
+) -> np.ndarray:
     """Logits of existing tokens computed the way sampling computes them (chunked prefill, the tail
     one position at a time with the KV cache): float32 [B, T, bins]; for a single encoder-decoder the
     lyric positions come first and the vocabulary is the merged one (as ``Prior.logits``), and
@@ -284,9 +336,21 @@ def score_tokens(prior: LoadedModel, tokens: Any, y: Any = None, upper: Any = No
     return _to_host(state.logits)[:, :filled]
 
 
-def sample_prior(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, upper: Any = None, prime: Any = None,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, chunk_size: int = 32,
-                 row_offset: int = 0, batch: int | None = None, mesh: Any = None) -> np.ndarray:
+def sample_prior(
+    prior: LoadedModel,
+    key: jax.Array,
+    n: int,
+    y: Any = None,
+    upper: Any = None,
+    prime: Any = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    chunk_size: int = 32,
+    row_offset: int = 0,
+    batch: int | None = None,
+    mesh: Any = None,
+) -> np.ndarray:
     """Sample ``n`` new tokens of one window with a prior; returns int32 ``[B, T_prime + n]``.
 
     Like the original ``SimplePrior.sample`` the result is the prime followed by the new tokens.
@@ -301,9 +365,21 @@ def sample_prior(prior: LoadedModel, key: jax.Array, n: int, y: Any = None, uppe
     loaded with ``load_prior(..., mesh=mesh)``), batch rows, conditioning and KV cache split over 'data'
     (the batch must be a multiple of it); the results equal the single-device ones.
     """
-    tokens, _ = sample_window(prior, key, n, y, upper, prime, temperature=temperature, top_k=top_k,
-                              top_p=top_p, chunk_size=chunk_size, row_offset=row_offset, batch=batch,
-                              mesh=mesh)
+    tokens, _ = sample_window(
+        prior,
+        key,
+        n,
+        y,
+        upper,
+        prime,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        chunk_size=chunk_size,
+        row_offset=row_offset,
+        batch=batch,
+        mesh=mesh,
+    )
     return tokens
 
 
@@ -311,8 +387,12 @@ def _place(mesh: Any, prior: LoadedModel, cond: dict, tokens: Any, cache: Any) -
     """Put the window's arrays on ``mesh`` (None: leave them where they are)."""
     if mesh is None:
         return prior.params, cond, tokens, cache
-    return (shard_params(prior.params, mesh, prior.module.param_axes()), shard_batch(cond, mesh),
-            shard_batch(tokens, mesh), shard_cache(cache, mesh))
+    return (
+        shard_params(prior.params, mesh, prior.module.param_axes()),
+        shard_batch(cond, mesh),
+        shard_batch(tokens, mesh),
+        shard_cache(cache, mesh),
+    )
 
 
 def _to_host(x: Any) -> np.ndarray:

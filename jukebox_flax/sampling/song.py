@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,16 @@ from .errors import SamplingError
 from .sampler import sample_window
 from .windows import Window, level_windows, upper_codes
 
-__all__ = ["LevelSettings", "LevelLabels", "window_key", "sample_level", "sample_song", "RunDir",
-           "level_lengths", "rows_per_call"]
+__all__ = [
+    "LevelSettings",
+    "LevelLabels",
+    "window_key",
+    "sample_level",
+    "sample_song",
+    "RunDir",
+    "level_lengths",
+    "rows_per_call",
+]
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class LevelSettings:
     chunk_size: int = 32  # prime positions per transformer call
     # rows sampled together (keys depend on the row, not the split); None: as many as the device's
     # memory holds (``memory.pick_batch_chunk``; all of them on a CPU)
-    max_batch_size: Optional[int] = None
+    max_batch_size: int | None = None
 
 
 @dataclass
@@ -55,7 +64,7 @@ class LevelLabels:
     """A level's labels: the song's y [B, Y] (offset of its first sample) and, for priors with
     lyrics, every row's full lyric tokens (the lyric window is re-selected per window)."""
 
-    y: Optional[np.ndarray]
+    y: np.ndarray | None
     full_tokens: Sequence[Sequence[int]] = field(default_factory=list)
 
 
@@ -85,7 +94,7 @@ def rows_per_call(prior, batch: int, settings: LevelSettings) -> int:
     return pick_batch_chunk(prior.config, batch, dtype, released, settings.chunk_size)
 
 
-def _window_inputs(prior, zs: Sequence[np.ndarray], level: int, window: Window, labels: Optional[LevelLabels]):
+def _window_inputs(prior, zs: Sequence[np.ndarray], level: int, window: Window, labels: LevelLabels | None):
     c = prior.config
     z = zs[level]
     prime = z[:, window.start : window.start + window.n_prime]
@@ -102,10 +111,20 @@ def _window_inputs(prior, zs: Sequence[np.ndarray], level: int, window: Window, 
     return prime, upper, y
 
 
-def sample_level(prior, zs: list[np.ndarray], level: int, total_tokens: int, hop_length: int,
-                 labels: Optional[LevelLabels], settings: LevelSettings, key: jax.Array, *,
-                 on_window: Optional[Callable[[int, Window, list], None]] = None, progress: bool = False,
-                 sample_fn: Callable = sample_window) -> list[np.ndarray]:
+def sample_level(
+    prior,
+    zs: list[np.ndarray],
+    level: int,
+    total_tokens: int,
+    hop_length: int,
+    labels: LevelLabels | None,
+    settings: LevelSettings,
+    key: jax.Array,
+    *,
+    on_window: Callable[[int, Window, list], None] | None = None,
+    progress: bool = False,
+    sample_fn: Callable = sample_window,
+) -> list[np.ndarray]:
     """Bring ``zs[level]`` to ``total_tokens`` tokens window by window; returns the updated ``zs``.
 
     ``zs``: int32 [B, T_l] codes per level (index = level; T_l may be 0). ``hop_length``: tokens a
@@ -127,11 +146,21 @@ def sample_level(prior, zs: list[np.ndarray], level: int, total_tokens: int, hop
             for lo in range(0, batch, rows):
                 hi = min(batch, lo + rows)
                 out, caches[hi - lo] = sample_fn(
-                    prior, wkey, window.n_new, y=None if y is None else y[lo:hi],
-                    upper=None if upper is None else upper[lo:hi], prime=prime[lo:hi],
-                    temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                    chunk_size=settings.chunk_size, row_offset=lo, batch=hi - lo, cache=caches.pop(hi - lo, None))
-                parts.append(np.asarray(out)[:, -window.n_new:])
+                    prior,
+                    wkey,
+                    window.n_new,
+                    y=None if y is None else y[lo:hi],
+                    upper=None if upper is None else upper[lo:hi],
+                    prime=prime[lo:hi],
+                    temperature=settings.temperature,
+                    top_k=settings.top_k,
+                    top_p=settings.top_p,
+                    chunk_size=settings.chunk_size,
+                    row_offset=lo,
+                    batch=hi - lo,
+                    cache=caches.pop(hi - lo, None),
+                )
+                parts.append(np.asarray(out)[:, -window.n_new :])
             zs[level] = np.concatenate([zs[level], np.concatenate(parts).astype(np.int32)], axis=1)
             if on_window is not None:
                 on_window(level, window, zs)
@@ -149,17 +178,31 @@ def _progress_bar(level: int, windows: Sequence[Window], enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=sum(w.n_new for w in windows), desc=f"level {level}", unit="tok", dynamic_ncols=True,
-                postfix=f"window 0/{len(windows)}")
+    return tqdm(
+        total=sum(w.n_new for w in windows),
+        desc=f"level {level}",
+        unit="tok",
+        dynamic_ncols=True,
+        postfix=f"window 0/{len(windows)}",
+    )
 
 
-def sample_song(priors: Mapping[int, Any], zs: list[np.ndarray], levels: Sequence[int], sample_length: int,
-                labels: Mapping[int, Optional[LevelLabels]], settings: Mapping[int, LevelSettings],
-                key: jax.Array, hop_fraction: Sequence[float], *,
-                decode: Optional[Callable[[list, int], Any]] = None,
-                on_window: Optional[Callable[[int, Window, list], None]] = None,
-                on_level: Optional[Callable[[int, list, Any], None]] = None, progress: bool = False,
-                sample_fn: Callable = sample_window) -> list[np.ndarray]:
+def sample_song(
+    priors: Mapping[int, Any],
+    zs: list[np.ndarray],
+    levels: Sequence[int],
+    sample_length: int,
+    labels: Mapping[int, LevelLabels | None],
+    settings: Mapping[int, LevelSettings],
+    key: jax.Array,
+    hop_fraction: Sequence[float],
+    *,
+    decode: Callable[[list, int], Any] | None = None,
+    on_window: Callable[[int, Window, list], None] | None = None,
+    on_level: Callable[[int, list, Any], None] | None = None,
+    progress: bool = False,
+    sample_fn: Callable = sample_window,
+) -> list[np.ndarray]:
     """Sample ``levels`` (top first) of a song of ``sample_length`` audio samples; returns ``zs``.
 
     Ancestral: ``zs`` all empty. Primed / continued: ``zs`` holds the codes of the prompt at every
@@ -171,17 +214,34 @@ def sample_song(priors: Mapping[int, Any], zs: list[np.ndarray], levels: Sequenc
         prior = priors[level]
         c = prior.config
         if sample_length % c.hop_length:
-            raise SamplingError(f"sample_length {sample_length} is not a multiple of level {level}'s hop {c.hop_length}")
+            raise SamplingError(
+                f"sample_length {sample_length} is not a multiple of level {level}'s hop {c.hop_length}"
+            )
         total = sample_length // c.hop_length
         if c.is_upsampler and zs[level + 1].shape[1] * c.cond_downsample < total:
-            raise SamplingError(f"level {level + 1} has {zs[level + 1].shape[1]} codes, too few to upsample "
-                                f"{sample_length} samples: sample it first")
+            raise SamplingError(
+                f"level {level + 1} has {zs[level + 1].shape[1]} codes, too few to upsample "
+                f"{sample_length} samples: sample it first"
+            )
         if c.is_upsampler and total < c.n_ctx:
-            raise SamplingError(f"upsampling needs at least one window of level {level} "
-                                f"({c.n_ctx * c.hop_length} samples); got {sample_length}")
+            raise SamplingError(
+                f"upsampling needs at least one window of level {level} "
+                f"({c.n_ctx * c.hop_length} samples); got {sample_length}"
+            )
         hop = int(hop_fraction[level] * c.n_ctx)
-        zs = sample_level(prior, zs, level, total, hop, labels.get(level), settings[level], key,
-                          on_window=on_window, progress=progress, sample_fn=sample_fn)
+        zs = sample_level(
+            prior,
+            zs,
+            level,
+            total,
+            hop,
+            labels.get(level),
+            settings[level],
+            key,
+            on_window=on_window,
+            progress=progress,
+            sample_fn=sample_fn,
+        )
         if decode is not None or on_level is not None:
             audio = decode(zs[level:], level) if decode is not None else None
             if on_level is not None:

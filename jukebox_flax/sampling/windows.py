@@ -11,7 +11,6 @@ for upsamplers, its own slice of the codes of the level above. (The per-window l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -50,7 +49,7 @@ class Window:
         return self.start + self.sample_tokens
 
 
-def plan_window(start: int, n_ctx: int, current_tokens: int, sample_tokens: Optional[int] = None) -> Window:
+def plan_window(start: int, n_ctx: int, current_tokens: int, sample_tokens: int | None = None) -> Window:
     """The original ``sample_single_window``: prime with what exists in ``[start, start + n_ctx)``."""
     sample_tokens = n_ctx if sample_tokens is None else sample_tokens
     n_prime = max(0, min(current_tokens, start + n_ctx) - start)
@@ -76,7 +75,7 @@ def level_windows(total_tokens: int, current_tokens: int, n_ctx: int, hop_length
         return []
     if total_tokens < n_ctx:
         return [partial_window(current_tokens, n_ctx, total_tokens - current_tokens)]
-    windows = []
+    windows: list[Window] = []
     for start in get_starts(total_tokens, n_ctx, hop_length):
         # windows are sampled in order, so the level holds everything up to the previous window's end
         have = max([current_tokens] + [w.end for w in windows])

@@ -6,9 +6,10 @@ Also the ``jukebox-flax encode`` / ``decode`` commands (:func:`encode_file`, :fu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ __all__ = [
     "decode_file",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Longer inputs are processed in windows (bounded memory); ~24 s of audio per window.
 DEFAULT_CHUNK_SAMPLES = 1 << 20
@@ -84,8 +85,9 @@ class VQVAE:
     go through windows that respect the receptive field, so the result equals the whole pass.
     """
 
-    def __init__(self, config: VQVAEConfig, params: Any, chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
-                 progress: bool = False):
+    def __init__(
+        self, config: VQVAEConfig, params: Any, chunk_samples: int = DEFAULT_CHUNK_SAMPLES, progress: bool = False
+    ):
         self.config = config
         self.params = params
         self.chunk_samples = chunk_samples
@@ -109,8 +111,7 @@ class VQVAE:
             raise VQVAEInputError(f"audio length {shape[1]} must be a positive multiple of {hop} samples")
         return audio
 
-    def encode(self, audio: Any, chunk_samples: Optional[int] = None,
-               progress: Optional[bool] = None) -> list[jax.Array]:
+    def encode(self, audio: Any, chunk_samples: int | None = None, progress: bool | None = None) -> list[jax.Array]:
         """float32 audio ``[B, T, 1]`` (T a multiple of the top hop) -> codes int32 ``[B, T // hop_l]``
         for every level, ``codes[0]`` the finest."""
         audio = self._check_audio(audio)
@@ -118,12 +119,14 @@ class VQVAE:
         run = lambda x: _encode(self.config, self.params, jnp.asarray(x, self.dtype))
         if audio.shape[1] <= chunk:
             return list(run(audio))
-        codes = encode_chunked(run, np.asarray(audio), self.config, chunk,
-                               self.progress if progress is None else progress)
+        codes = encode_chunked(
+            run, np.asarray(audio), self.config, chunk, self.progress if progress is None else progress
+        )
         return [jnp.asarray(z) for z in codes]
 
-    def decode(self, codes: Sequence[Any], start_level: int = 0, chunk_samples: Optional[int] = None,
-               progress: Optional[bool] = None) -> jax.Array:
+    def decode(
+        self, codes: Sequence[Any], start_level: int = 0, chunk_samples: int | None = None, progress: bool | None = None
+    ) -> jax.Array:
         """Audio float32 ``[B, T, 1]`` from ``codes[0]``, the codes of ``start_level``.
 
         As the original, codes of higher levels may follow in the list and are ignored.
@@ -140,8 +143,9 @@ class VQVAE:
         run = lambda c: _decode(self.config, self.params, [jnp.asarray(c, jnp.int32)], start_level)
         if np.shape(z)[1] <= chunk_tokens:
             return run(z).astype(jnp.float32)
-        audio = decode_chunked(run, np.asarray(z), self.config, start_level, chunk_tokens,
-                               self.progress if progress is None else progress)
+        audio = decode_chunked(
+            run, np.asarray(z), self.config, start_level, chunk_tokens, self.progress if progress is None else progress
+        )
         return jnp.asarray(audio, jnp.float32)
 
 
@@ -182,10 +186,15 @@ def encode_file(model_dir: PathLike, audio_path: PathLike, out_npz: PathLike) ->
     codes = vq.encode(padded)
     out = Path(out_npz)
     out.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"level_{L}": np.asarray(z[0], np.int32) for L, z in enumerate(codes)}
+    arrays: dict[str, Any] = {f"level_{L}": np.asarray(z[0], np.int32) for L, z in enumerate(codes)}
     with open(out, "wb") as f:  # an open file keeps numpy from appending '.npz' to the name
-        np.savez(f, **arrays, sr=np.int32(vq.config.sr), hop_lengths=np.asarray(vq.hop_lengths, np.int32),
-                 n_samples=np.int64(n_samples))
+        np.savez(
+            f,
+            **arrays,
+            sr=np.int32(vq.config.sr),
+            hop_lengths=np.asarray(vq.hop_lengths, np.int32),
+            n_samples=np.int64(n_samples),
+        )
     return out
 
 

@@ -33,7 +33,7 @@ def _distances(x: jax.Array, k: jax.Array) -> jax.Array:
     ``|x|^2 - 2 x.k + |k|^2`` rounds differently from ``|x - k|^2``; using the same formula keeps
     the argmin identical to the original except at genuine near-ties.
     """
-    return (jnp.sum(x**2, axis=-1, keepdims=True) - 2 * x @ k.T + jnp.sum(k**2, axis=-1)[None, :])
+    return jnp.sum(x**2, axis=-1, keepdims=True) - 2 * x @ k.T + jnp.sum(k**2, axis=-1)[None, :]
 
 
 def quantise(x: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:

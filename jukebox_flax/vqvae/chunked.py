@@ -10,7 +10,7 @@ the window edge is the signal edge, so zero padding matches too. Memory is bound
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def encode_chunked(
             codes = encode(audio[:, lo:hi])
             for L, z in enumerate(codes):
                 z = np.asarray(z)
-                outs[L].append(z[:, (a - lo) // hops[L]: (b - lo) // hops[L]])
+                outs[L].append(z[:, (a - lo) // hops[L] : (b - lo) // hops[L]])
             bar.update(1)
     return [np.concatenate(parts, axis=1) for parts in outs]
 
@@ -116,6 +116,6 @@ def decode_chunked(
             b = min(a + chunk, total)
             lo, hi = max(0, a - context), min(total, b + context)
             x = np.asarray(decode(codes[:, lo:hi]))
-            parts.append(x[:, (a - lo) * hop: (b - lo) * hop])
+            parts.append(x[:, (a - lo) * hop : (b - lo) * hop])
             bar.update(1)
     return np.concatenate(parts, axis=1)

@@ -11,7 +11,7 @@ mechanical rename. Kernels are Flax layout ``[k, in, out]``; transposed convolut
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -40,16 +40,32 @@ def _torch_uniform(fan_in: int):
     return init
 
 
-def conv1d(features: int, in_features: int, kernel: int, stride: int = 1, padding: int = 0,
-           dilation: int = 1, name: str | None = None) -> nn.Conv:
+def conv1d(
+    features: int,
+    in_features: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    name: str | None = None,
+) -> nn.Conv:
     """``torch.nn.Conv1d(in, features, kernel, stride, padding, dilation)`` on channels-last input."""
     init = _torch_uniform(in_features * kernel)
-    return nn.Conv(features, (kernel,), strides=(stride,), padding=[(padding, padding)],
-                   kernel_dilation=(dilation,), kernel_init=init, bias_init=init, name=name)
+    return nn.Conv(
+        features,
+        (kernel,),
+        strides=(stride,),
+        padding=[(padding, padding)],
+        kernel_dilation=(dilation,),
+        kernel_init=init,
+        bias_init=init,
+        name=name,
+    )
 
 
-def conv_transpose1d(features: int, kernel: int, stride: int, padding: int,
-                     name: str | None = None) -> nn.ConvTranspose:
+def conv_transpose1d(
+    features: int, kernel: int, stride: int, padding: int, name: str | None = None
+) -> nn.ConvTranspose:
     """``torch.nn.ConvTranspose1d(in, features, kernel, stride, padding)``: length T -> stride*T.
 
     With ``transpose_kernel=True`` Flax computes the gradient of a strided conv, which is exactly
@@ -57,8 +73,16 @@ def conv_transpose1d(features: int, kernel: int, stride: int, padding: int,
     """
     init = _torch_uniform(features * kernel)  # torch takes fan_in from weight.size(1) = out channels
     pad = kernel - 1 - padding
-    return nn.ConvTranspose(features, (kernel,), strides=(stride,), padding=[(pad, pad)],
-                            transpose_kernel=True, kernel_init=init, bias_init=init, name=name)
+    return nn.ConvTranspose(
+        features,
+        (kernel,),
+        strides=(stride,),
+        padding=[(pad, pad)],
+        transpose_kernel=True,
+        kernel_init=init,
+        bias_init=init,
+        name=name,
+    )
 
 
 def resnet_dilations(depth: int, growth_rate: int, cycle: int | None, reverse: bool) -> list[int]:
@@ -80,8 +104,14 @@ class ResConv1DBlock(nn.Module):
         n_in = x.shape[-1]
         h = conv1d(self.n_state, n_in, 3, 1, self.dilation, self.dilation, name="model_1")(nn.relu(x))
         if self.zero_out:  # the original zero-initialises the last conv of every block
-            out = nn.Conv(n_in, (1,), padding=[(0, 0)], kernel_init=nn.initializers.zeros,
-                          bias_init=nn.initializers.zeros, name="model_3")
+            out = nn.Conv(
+                n_in,
+                (1,),
+                padding=[(0, 0)],
+                kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.zeros,
+                name="model_3",
+            )
         else:
             out = conv1d(n_in, self.n_state, 1, name="model_3")
         h = out(nn.relu(h))
@@ -104,11 +134,11 @@ class Resnet1D(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = x.shape[-1]
         scale = 1.0 / math.sqrt(self.depth) if self.res_scale else 1.0
-        dilations = resnet_dilations(self.depth, self.dilation_growth_rate, self.dilation_cycle,
-                                     self.reverse_dilation)
+        dilations = resnet_dilations(self.depth, self.dilation_growth_rate, self.dilation_cycle, self.reverse_dilation)
         for d, dilation in enumerate(dilations):
-            x = ResConv1DBlock(int(self.m_conv * n_in), dilation, self.zero_out, scale,
-                               name=f"{self.block_name}_{d}")(x)
+            x = ResConv1DBlock(int(self.m_conv * n_in), dilation, self.zero_out, scale, name=f"{self.block_name}_{d}")(
+                x
+            )
         return x
 
 
@@ -132,8 +162,15 @@ class EncoderConvBlock(nn.Module):
         for i in range(self.down_t):
             in_ch = x.shape[-1]
             x = conv1d(self.width, in_ch, kernel, self.stride_t, pad, name=f"model_{i}_0")(x)
-            x = Resnet1D(self.depth, self.m_conv, self.dilation_growth_rate, self.dilation_cycle,
-                         self.zero_out, self.res_scale, name=f"model_{i}_1")(x)
+            x = Resnet1D(
+                self.depth,
+                self.m_conv,
+                self.dilation_growth_rate,
+                self.dilation_cycle,
+                self.zero_out,
+                self.res_scale,
+                name=f"model_{i}_1",
+            )(x)
         return conv1d(self.out_width, self.width, 3, 1, 1, name=f"model_{self.down_t}")(x)
 
 
@@ -161,9 +198,17 @@ class DecoderConvBlock(nn.Module):
         kernel, pad = self.stride_t * 2, self.stride_t // 2
         x = conv1d(self.width, x.shape[-1], 3, 1, 1, name="model_0")(x)
         for i in range(1, self.down_t + 1):
-            x = Resnet1D(self.depth, self.m_conv, self.dilation_growth_rate, self.dilation_cycle,
-                         self.zero_out, self.res_scale, self.reverse_dilation,
-                         block_name=self.res_block_name, name=f"model_{i}_0")(x)
+            x = Resnet1D(
+                self.depth,
+                self.m_conv,
+                self.dilation_growth_rate,
+                self.dilation_cycle,
+                self.zero_out,
+                self.res_scale,
+                self.reverse_dilation,
+                block_name=self.res_block_name,
+                name=f"model_{i}_0",
+            )(x)
             features = self.out_width if i == self.down_t else self.width
             x = conv_transpose1d(features, kernel, self.stride_t, pad, name=f"model_{i}_1")(x)
         return x
@@ -190,9 +235,19 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> list[jax.Array]:
         outs = []
         for j, (down_t, stride_t) in enumerate(zip(self.downs_t, self.strides_t)):
-            x = EncoderConvBlock(self.emb_width, down_t, stride_t, self.width, self.depth, self.m_conv,
-                                 self.dilation_growth_rate, self.dilation_cycle, self.zero_out,
-                                 self.res_scale, name=f"level_blocks_{j}")(x)
+            x = EncoderConvBlock(
+                self.emb_width,
+                down_t,
+                stride_t,
+                self.width,
+                self.depth,
+                self.m_conv,
+                self.dilation_growth_rate,
+                self.dilation_cycle,
+                self.zero_out,
+                self.res_scale,
+                name=f"level_blocks_{j}",
+            )(x)
             outs.append(x)
         return outs
 
@@ -219,8 +274,18 @@ class Decoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         emb_width = x.shape[-1]
         for j in reversed(range(len(self.downs_t))):
-            x = DecoderConvBlock(emb_width, self.downs_t[j], self.strides_t[j], self.width, self.depth,
-                                 self.m_conv, self.dilation_growth_rate, self.dilation_cycle,
-                                 self.zero_out, self.res_scale, self.reverse_dilation,
-                                 name=f"level_blocks_{j}")(x)
+            x = DecoderConvBlock(
+                emb_width,
+                self.downs_t[j],
+                self.strides_t[j],
+                self.width,
+                self.depth,
+                self.m_conv,
+                self.dilation_growth_rate,
+                self.dilation_cycle,
+                self.zero_out,
+                self.res_scale,
+                self.reverse_dilation,
+                name=f"level_blocks_{j}",
+            )(x)
         return conv1d(self.out_channels, emb_width, 3, 1, 1, name="out")(x)

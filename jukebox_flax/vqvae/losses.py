@@ -8,7 +8,7 @@ periodic Hann window of ``win_length`` zero-padded (centred) to ``n_fft``, unnor
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,11 +74,15 @@ def spectral_loss(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     return _spec_diff_norm(x, x_hat, *DEFAULT_STFT)
 
 
-def multispectral_loss(x: jax.Array, x_hat: jax.Array, n_ffts: Sequence[int], hops: Sequence[int],
-                       windows: Sequence[int]) -> jax.Array:
+def multispectral_loss(
+    x: jax.Array, x_hat: jax.Array, n_ffts: Sequence[int], hops: Sequence[int], windows: Sequence[int]
+) -> jax.Array:
     """Per-item mean over STFT configs of ``|S(x) - S(x_hat)|``."""
     losses = [_spec_diff_norm(x, x_hat, n, h, w) for n, h, w in zip(n_ffts, hops, windows)]
-    return sum(losses) / len(losses)
+    total = losses[0]
+    for one in losses[1:]:
+        total = total + one
+    return total / len(losses)
 
 
 def spectral_convergence(x: jax.Array, x_hat: jax.Array, epsilon: float = 2e-3) -> jax.Array:
@@ -89,8 +93,9 @@ def spectral_convergence(x: jax.Array, x_hat: jax.Array, epsilon: float = 2e-3) 
     return _norm(spec_in - spec_out) * (gt > epsilon) / jnp.maximum(gt, epsilon)
 
 
-def reconstruction_loss(kind: str, x: jax.Array, x_hat: jax.Array, config: VQVAEConfig,
-                        bandwidth: Mapping[str, float]) -> jax.Array:
+def reconstruction_loss(
+    kind: str, x: jax.Array, x_hat: jax.Array, config: VQVAEConfig, bandwidth: Mapping[str, float]
+) -> jax.Array:
     """The original ``_loss_fn``: 'l1', 'l2', 'linf' (mean of the top ``linf_k`` squared errors per
     item) or 'lmix' (their weighted sum with ``lmix_l1/l2/linf``)."""
     if kind == "l1":
@@ -129,13 +134,17 @@ def vqvae_loss(
         x_hat = x_outs[level].astype(jnp.float32)
         r = reconstruction_loss(config.loss_fn, x, x_hat, config, bandwidth)
         s = jnp.mean(spectral_loss(x, x_hat) / bandwidth["spec"])
-        m = jnp.mean(multispectral_loss(x, x_hat, config.multispec_n_fft, config.multispec_hop_length,
-                                        config.multispec_window_size) / bandwidth["spec"])
+        m = jnp.mean(
+            multispectral_loss(
+                x, x_hat, config.multispec_n_fft, config.multispec_hop_length, config.multispec_window_size
+            )
+            / bandwidth["spec"]
+        )
         metrics[f"recons_loss_l{level + 1}"] = r
         metrics[f"spectral_loss_l{level + 1}"] = s
         metrics[f"multispectral_loss_l{level + 1}"] = m
         recons, spec, multispec = recons + r, spec + s, multispec + m
-    commit = sum(commit_losses)
+    commit = jnp.asarray(sum(commit_losses))
     loss = recons + config.spectral * spec + config.multispectral * multispec + config.commit * commit
     x_hat = jax.lax.stop_gradient(x_outs[0].astype(jnp.float32))
     metrics.update(

@@ -10,7 +10,8 @@ which quantises with the old codebook and then updates it).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -87,11 +88,12 @@ def init_train_state(
     return jax.tree.map(jnp.copy, state)
 
 
-def loss_and_aux(net_params: Mapping, codebooks: tuple, x: jax.Array, config: VQVAEConfig,
-                 bandwidth: Mapping[str, float]) -> tuple[jax.Array, dict]:
+def loss_and_aux(
+    net_params: Mapping, codebooks: tuple, x: jax.Array, config: VQVAEConfig, bandwidth: Mapping[str, float]
+) -> tuple[jax.Array, dict]:
     """The original ``VQVAE.forward`` loss; aux holds the metrics, latents and codes per level."""
     params = merge_codebooks(net_params, tuple(jax.lax.stop_gradient(k) for k in codebooks))
-    out = VQVAEModule(config).apply({"params": params}, x, method=VQVAEModule.forward)
+    out = cast(dict, VQVAEModule(config).apply({"params": params}, x, method=VQVAEModule.forward))
     loss, metrics = vqvae_loss(x, out["x_outs"], out["commit_losses"], config, bandwidth)
     return loss, dict(metrics=metrics, latents=out["latents"], codes=out["codes"], fits=out["fits"])
 
@@ -117,8 +119,15 @@ def make_train_step(
         codebooks, ema = [], []
         metrics = dict(aux["metrics"], loss=loss)
         for L, level_key in enumerate(jax.random.split(key, config.levels)):
-            k, s, m = bn.ema_update(level_key, state.codebooks[L], state.ema[L], aux["latents"][L],
-                                    aux["codes"][L], config.l_mu, config.revival_threshold)
+            k, s, m = bn.ema_update(
+                level_key,
+                state.codebooks[L],
+                state.ema[L],
+                aux["latents"][L],
+                aux["codes"][L],
+                config.l_mu,
+                config.revival_threshold,
+            )
             codebooks.append(k)
             ema.append(s)
             metrics.update({f"{name}_l{L + 1}": value for name, value in m.items()})

@@ -9,7 +9,7 @@ Use it as a pure function: ``VQVAEModule(config).apply({'params': p}, x, method=
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -55,14 +55,34 @@ class VQVAEModule(nn.Module):
     def setup(self) -> None:
         c = self.config
         self.encoders = [
-            Encoder(c.emb_width, c.downs_t[: L + 1], c.strides_t[: L + 1], c.level_width(L), c.level_depth(L),
-                    c.m_conv, c.dilation_growth_rate, c.dilation_cycle, c.zero_out, c.res_scale)
+            Encoder(
+                c.emb_width,
+                c.downs_t[: L + 1],
+                c.strides_t[: L + 1],
+                c.level_width(L),
+                c.level_depth(L),
+                c.m_conv,
+                c.dilation_growth_rate,
+                c.dilation_cycle,
+                c.zero_out,
+                c.res_scale,
+            )
             for L in range(c.levels)
         ]
         self.decoders = [
-            Decoder(c.input_channels, c.downs_t[: L + 1], c.strides_t[: L + 1], c.level_width(L),
-                    c.level_depth(L), c.m_conv, c.dilation_growth_rate, c.dilation_cycle, c.zero_out,
-                    c.res_scale, c.reverse_decoder_dilation)
+            Decoder(
+                c.input_channels,
+                c.downs_t[: L + 1],
+                c.strides_t[: L + 1],
+                c.level_width(L),
+                c.level_depth(L),
+                c.m_conv,
+                c.dilation_growth_rate,
+                c.dilation_cycle,
+                c.zero_out,
+                c.res_scale,
+                c.reverse_decoder_dilation,
+            )
             for L in range(c.levels)
         ]
         self.bottleneck = Bottleneck(c.l_bins, c.emb_width, c.levels)

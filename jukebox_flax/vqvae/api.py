@@ -41,9 +41,8 @@ DEFAULT_CHUNK_SAMPLES = 1 << 20
 
 def init_vqvae_params(config: VQVAEConfig, key: jax.Array) -> dict:
     """Freshly initialised params (PyTorch's default conv init; zero codebooks, as the original)."""
-    # Deliberately op by op, not jitted: one program holds ~380 inlined threefry draws (one per
-    # conv weight and bias) that XLA:CPU compiles one by one, ~4x slower than eager dispatch,
-    # which compiles each distinct shape once (measured for the tiny fixture: 54 vs 13 CPU s).
+    # Deliberately op by op, not jitted: one program would hold one inlined threefry draw per conv
+    # weight and bias, each compiled on its own, where eager dispatch compiles each distinct shape once.
     x = jnp.zeros((1, config.hop_length, config.input_channels), jnp.float32)
     return VQVAEModule(config).init(key, x)["params"]
 

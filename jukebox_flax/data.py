@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from .audio import SAMPLE_RATE, load_audio
 from .errors import DataError
@@ -176,7 +177,6 @@ class AudioDataset:
 
     def _length(self, song: Song) -> int:
         """Length in samples at ``sr`` (from the file header; exact once loaded)."""
-        import soundfile as sf
 
         if not song.path.is_file():
             raise DataError(f"audio file not found: {song.path}")

@@ -43,10 +43,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from .atomic import atomic_write
+from .audio import load_audio
+from .checkpoint import component_dir, load_vocab
 from .errors import EmbedError, JukeboxError
+from .labels import UNKNOWN, V2_ALPHABET, V3_ALPHABET, Labeller, window_y
+from .prior.api import load_prior
+from .prior.prior import JukeboxPrior
+from .vqvae.api import load_vqvae
 
 __all__ = ["EmbedError", "EmbedResult", "Window", "plan_windows", "embed_files", "run_embed", "POOLS"]
 
@@ -119,7 +128,6 @@ class EmbedResult:
 
 
 def _labeller(prior: Any, vocab: dict | None, artist: str, genre: str, lyrics: str):
-    from .labels import UNKNOWN, V2_ALPHABET, V3_ALPHABET, Labeller
 
     c = prior.config
     if vocab is not None:
@@ -152,10 +160,6 @@ class _Batcher:
     """Collects windows (tokens, y, upper, masks) and runs the jitted prior on full batches."""
 
     def __init__(self, prior: Any, layers: tuple[int, ...], pool: str, batch: int):
-        import jax
-        import jax.numpy as jnp
-
-        from .prior.prior import JukeboxPrior
 
         self.prior, self.batch = prior, batch
         self.pending: list[Any] = []
@@ -241,17 +245,10 @@ def embed_files(
     ``prior`` / ``vqvae`` objects. ``layers``: layer counts 1..depth (36 = after layer 36). Writes
     ``out`` (.npz) when given. Unreadable files are listed in ``failed`` / ``errors``.
     """
-    from tqdm.auto import tqdm
-
-    from .audio import load_audio
-    from .checkpoint import component_dir, load_vocab
-    from .labels import window_y
 
     if prior is None or vqvae is None:
         if model is None:
             raise EmbedError("pass --model DIR (a whole-model directory)")
-        from .prior.api import load_prior
-        from .vqvae.api import load_vqvae
 
         prior = prior if prior is not None else load_prior(model, level=level)
         vqvae = vqvae if vqvae is not None else load_vqvae(model)

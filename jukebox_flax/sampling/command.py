@@ -18,13 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from ..audio import load_audio, save_wav
 from ..checkpoint import component_dir, load_config, load_vocab
 from ..config import JukeboxConfig
+from ..labels import Labeller
+from ..prior.api import load_prior
+from ..vqvae.api import load_vqvae
 from .errors import SamplingError
 from .filter import check_filter_args
-from .song import LevelLabels, LevelSettings, RunDir
+from .song import LevelLabels, LevelSettings, RunDir, sample_song
 
 __all__ = ["SamplePlan", "plan_sample", "run_sample", "default_model", "DEFAULT_TEMPERATURE"]
 
@@ -84,7 +89,6 @@ def default_model() -> Path:
 
 def plan_sample(args: argparse.Namespace) -> SamplePlan:
     """Check the arguments of ``jukebox-flax sample`` against the model; load nothing heavy."""
-    from ..labels import Labeller
 
     model = Path(args.model) if args.model is not None else default_model()
     config = load_config(model)
@@ -161,8 +165,6 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
 
     prime = None
     if args.prime is not None:
-        from ..audio import load_audio
-
         audio = load_audio(args.prime, sr=sr)
         n = audio.shape[0] // top_hop * top_hop
         if n == 0:
@@ -220,12 +222,6 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
 def run_sample(args: argparse.Namespace) -> Path:
     """The ``sample`` subcommand: validate, load the models, sample every level, write the outputs."""
     plan = plan_sample(args)
-    import jax
-
-    from ..audio import save_wav
-    from ..prior.api import load_prior
-    from ..vqvae.api import load_vqvae
-    from .song import sample_song
 
     for note in plan.notes:
         print(f"note: {note}")

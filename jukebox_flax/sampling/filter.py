@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .errors import SamplingError
+
 Scalar = float | int | jax.Array
 
 
 def check_filter_args(top_k: int, top_p: float) -> None:
     """Reject the combinations the original asserts against (call with concrete values)."""
-    from .errors import SamplingError
 
     if top_k < 0:
         raise SamplingError(f"top_k must be >= 0 (0 switches it off), got {top_k}")

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..labels import window_y
@@ -176,7 +177,6 @@ def sample_level(
 def _progress_bar(level: int, windows: Sequence[Window], enabled: bool):
     if not enabled or not windows:
         return None
-    from tqdm.auto import tqdm
 
     return tqdm(
         total=sum(w.n_new for w in windows),

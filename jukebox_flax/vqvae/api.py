@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..audio import load_audio, save_wav
 from ..checkpoint import component_dir, load_config, load_params
 from ..config import VQVAEConfig
 from ..errors import VQVAEInputError
@@ -171,7 +172,6 @@ def encode_file(model_dir: PathLike, audio_path: PathLike, out_npz: PathLike) ->
     The audio is resampled to the model's rate, mixed to mono and zero-padded at the end to a
     multiple of the top hop; ``n_samples`` records the original length so decode can trim.
     """
-    from ..audio import load_audio
 
     vq = load_vqvae(model_dir, progress=True)
     audio = np.asarray(load_audio(audio_path, sr=vq.config.sr), np.float32)
@@ -202,7 +202,6 @@ def decode_file(model_dir: PathLike, npz_path: PathLike, out_wav: PathLike) -> P
 
     Codes may be ``[T]`` (one song) or ``[B, T]``; a batch writes ``OUT_0.wav``, ``OUT_1.wav``, ...
     """
-    from ..audio import save_wav
 
     vq = load_vqvae(model_dir, progress=True)
     with np.load(npz_path, allow_pickle=False) as f:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..config import VQVAEConfig
 from .encdec import resnet_dilations
@@ -58,7 +59,6 @@ def decoder_reach(config: VQVAEConfig, level: int) -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="chunk", disable=not enabled, leave=False)
 

@@ -5,6 +5,7 @@ the top prior tells the genres apart and its samples follow the genre's note rat
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import load_script
 
@@ -77,6 +78,7 @@ def test_top_prior_names_the_genre_of_unseen_songs():
         assert int(np.argmin(bits)) == g, (genre, bits)
 
 
+@pytest.mark.slow
 def test_samples_follow_the_genre_rhythm(tmp_path, capsys):
     """Top-level samples of ambient (long notes) and chiptune (5 notes/s plus arpeggio) differ in
     note rate as the genres do (evaluate_demo_model.py, 16 clips each at temperature 0.8: 0.3 vs 6.9

@@ -130,6 +130,7 @@ def test_batching_and_max_pool(loaded, audio_files):
     assert (mx.embeddings[0, 0] >= mean - 1e-6).all() and (mx.embeddings[0, 0] > mean).any()
 
 
+@pytest.mark.slow
 def test_embed_command(model_dir, audio_files, tmp_path, capsys):
     short, _, bad, _ = audio_files
     out = tmp_path / "cli.npz"

@@ -172,6 +172,7 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_train_step_reduces_loss():
     """A few Adam steps on one fixed toy batch lower the loss (memorisation)."""
     c = _config("prior_up0").replace(depth=2, width=16, heads=1, cond_depth=1, cond_width=8, n_ctx=16, blocks=4)

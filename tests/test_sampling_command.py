@@ -123,6 +123,7 @@ def _run_killed_after(argv: list[str], min_tokens: int) -> None:
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed (exit {proc.returncode})"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(models, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     extra = ("--levels", "2", "--batch", "2", "--seed", "7", "--temperature", "1.0")

@@ -119,6 +119,7 @@ def eight_devices() -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+@pytest.mark.slow
 def test_sharded_logits_equal_single_device(eight_devices):
     r = eight_devices
     assert r["devices"] == 8 and r["logits_devices"] == 8
@@ -126,18 +127,21 @@ def test_sharded_logits_equal_single_device(eight_devices):
     assert r["logits_max_abs_diff"] <= 1e-5 * max(1.0, r["logits_max_abs"])
 
 
+@pytest.mark.slow
 def test_sharded_greedy_samples_equal(eight_devices):
     assert eight_devices["greedy_equal_fixture"]
     assert eight_devices["unrolled_greedy_equal_fixture"]
     assert eight_devices["unrolled_param_spec"] == str(P(None, "model"))
 
 
+@pytest.mark.slow
 def test_orbax_restores_into_shards(eight_devices):
     r = eight_devices
     assert r["restore_sharding_ok"] and r["restore_values_equal"]
     assert r["restore_split_leaves"] >= 10  # the attention / MLP kernels and biases of every layer group
 
 
+@pytest.mark.slow
 def test_sharded_training_step(eight_devices):
     r = eight_devices
     assert r["train_loss_diff"] < 1e-5

@@ -224,6 +224,7 @@ def test_receptive_field(tiny):
         assert np.abs(support - n / hop).max() <= decoder_reach(config, level)
 
 
+@pytest.mark.slow
 def test_chunked_equals_whole(tiny):
     _, config, params, _ = tiny
     rng = np.random.default_rng(1)
@@ -273,6 +274,7 @@ def test_ema_update_and_dead_code_restart():
     assert k0.shape == (8, 4) and np.abs(np.asarray(k0)[:, None] - np.asarray(x[:3])[None]).min(1).max() < 0.05
 
 
+@pytest.mark.slow
 def test_train_step_loss_falls():
     from jukebox_flax.optim import OptimConfig, make_optimizer
     from jukebox_flax.vqvae.train import init_train_state, make_train_step

@@ -82,6 +82,7 @@ def _reference(prior, vq, path, layer):
     return total / count, np.stack(per_window)
 
 
+@pytest.mark.slow
 def test_embed_matches_the_recipe_and_skips_bad_files(loaded, audio_files, tmp_path):
     prior, vq = loaded
     short, long, bad, missing = audio_files
@@ -117,6 +118,7 @@ def test_embed_matches_the_recipe_and_skips_bad_files(loaded, audio_files, tmp_p
         assert f["window_embeddings"].shape == (4, prior.config.width)
 
 
+@pytest.mark.slow
 def test_batching_and_max_pool(loaded, audio_files):
     """Batch size changes nothing; max pooling is the max over the windows' counted positions."""
     prior, vq = loaded

@@ -103,6 +103,7 @@ def top1b():
     return Prior(config=c, params=params), a, tokens, y
 
 
+@pytest.mark.slow
 def test_stop_early_equals_full_run_mid_unit(top1b):
     """Stopping inside a scanned unit (partial repeat) or a segment gives the full run's values."""
     prior, _, tokens, y = top1b

@@ -130,6 +130,7 @@ def test_unrolled_layers_decode_the_same(every_type, chunks):
     np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unrolled_layers_teacher_forcing_the_same(every_type):
     """The full forward, the attention weights and the features of scan_layers=False equal the scanned ones."""
     model, params, tokens, (x_cond, y_cond, enc), full = every_type

@@ -205,6 +205,7 @@ def vqvae_run(data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_vqvae_script_trains_and_exports(vqvae_run, data):
     from jukebox_flax.config import VQVAEConfig
     from jukebox_flax.data import AudioDataset
@@ -232,6 +233,7 @@ def test_vqvae_script_trains_and_exports(vqvae_run, data):
     np.testing.assert_allclose(np.asarray(state.ema[0].k_elem), 16.0)
 
 
+@pytest.mark.slow
 def test_prior_script_trains_exports_and_fine_tunes(vqvae_run, data, tmp_path):
     from jukebox_flax.config import PriorConfig
     from jukebox_flax.prior.api import load_prior

@@ -123,7 +123,6 @@ def test_state_dict_errors_name_keys():
     assert set(prior_params_from_state_dict(plain, c)) == set(prior_params_from_state_dict(sd, c))
 
 
-@pytest.mark.slow
 def test_prior_api_roundtrip_and_decode(tmp_path):
     """save -> load_prior -> Prior.logits == module; decode (pass-through) == teacher forcing."""
     c, a = _config("prior_top5b"), load_npz("openai/prior_top5b")

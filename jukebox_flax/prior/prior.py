@@ -115,11 +115,35 @@ def prior_param_axes(config: PriorConfig, scan_layers: bool = True) -> ParamAxes
     """Logical axis names of every param of ``JukeboxPrior(config, scan_layers)``, read from the
     metadata its init attaches (abstract shapes only: ``jax.eval_shape``). The upsampler's conditioner
     convolutions are VQ-VAE modules without metadata (``sharding.CONV_AXES``)."""
-    module = JukeboxPrior(config, scan_layers=scan_layers)
+    if not scan_layers:  # read off the scanned axes: tracing the unrolled init is far slower
+        return _unrolled_axes(prior_param_axes(config, True))
+    module = JukeboxPrior(config, scan_layers=True)
     boxed = jax.eval_shape(
         lambda k: module.init(k, *dummy_inputs(config), method=JukeboxPrior.loss)["params"], jax.random.key(0)
     )
     return logical_axes(boxed, conv_subtrees=(("upper_conditioner", "cond"),))
+
+
+def _unrolled_axes(scanned: ParamAxes) -> ParamAxes:
+    """``prior_param_axes(config, False)`` from the scanned axes: ``.../layers_a_b/unit_j/leaf``
+    (axes ``('layers', ...)``) becomes ``.../layer_{a + r * units + j}/leaf`` for every repeat r."""
+    units: dict[tuple[str, ...], set[str]] = {}
+    for path in scanned:
+        for i, name in enumerate(path[:-1]):
+            if name.startswith("layers_"):
+                units.setdefault(path[: i + 1], set()).add(path[i + 1])
+    out: ParamAxes = {}
+    for path, names in scanned.items():
+        i = next((i for i, name in enumerate(path[:-1]) if name.startswith("layers_")), None)
+        if i is None:
+            out[path] = names
+            continue
+        first, last = (int(v) for v in path[i].split("_")[1:])
+        n_units = len(units[path[: i + 1]])
+        j = int(path[i + 1].split("_")[1])
+        for r in range((last - first + 1) // n_units):
+            out[path[:i] + (f"layer_{first + r * n_units + j}",) + path[i + 2 :]] = names[1:]
+    return out
 
 
 def cross_entropy_bits(logits: Array, targets: Array) -> Array:
@@ -310,4 +334,6 @@ def init_prior_params(
 
 def abstract_prior_params(config: PriorConfig, param_dtype: Any = jnp.float32, scan_layers: bool = True) -> dict:
     """The param tree as ``jax.ShapeDtypeStruct`` leaves (no memory: ``jax.eval_shape``)."""
-    return jax.eval_shape(lambda k: init_prior_params(config, k, param_dtype, scan_layers), jax.random.key(0))
+    scanned = jax.eval_shape(lambda k: init_prior_params(config, k, param_dtype, True), jax.random.key(0))
+    # the unrolled tree from the scanned one: tracing the unrolled init layer by layer is far slower
+    return scanned if scan_layers else jax.eval_shape(unroll_layers, scanned)

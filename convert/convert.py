@@ -361,11 +361,12 @@ def _lazy(tree: Any, dtype: np.dtype, files: list[Path], allow_nonfinite: bool =
     target = dtype if _is_float(np.dtype(leaf.dtype)) else np.dtype(leaf.dtype)
 
     def load(leaf=leaf, target=target) -> np.ndarray:
-        if isinstance(leaf, StackedRows):
-            array = leaf.load_as(target)
-        else:  # a mapping may return other LazyArrays itself
-            array = leaf.load() if isinstance(leaf, LazyArray) else np.asarray(leaf)
-            array = np.ascontiguousarray(array.astype(target, copy=False))
+        with np.errstate(over="ignore"):  # an overflowing cast is reported below, by name
+            if isinstance(leaf, StackedRows):
+                array = leaf.load_as(target)
+            else:  # a mapping may return other LazyArrays itself
+                array = leaf.load() if isinstance(leaf, LazyArray) else np.asarray(leaf)
+                array = np.ascontiguousarray(array.astype(target, copy=False))
         if not allow_nonfinite and _is_float(array.dtype) and not np.isfinite(array).all():
             raise ConvertError(
                 f"{name} holds NaN or infinite values in {array.dtype.name} (a damaged checkpoint, or values "

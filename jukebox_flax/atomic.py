@@ -116,8 +116,8 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             raise
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and not e.filename:
-            raise _named(e, path) from None
+        if isinstance(e, OSError) and (not e.filename or str(e.filename).startswith(str(tmp))):
+            raise _named(e, path) from None  # the temporary name means nothing to the user
         raise
     _fsync_dir(path.parent)
     if old is not None:

@@ -8,10 +8,13 @@ another checkpoint API is a one-file change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from orbax.checkpoint import future, type_handlers
 
 from .atomic import atomic_dir, atomic_write
 from .config import JukeboxConfig, config_from_dict
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, JukeboxError
 from .tree import path_names, tree_paths
 
 __all__ = [
@@ -263,9 +266,15 @@ class LazyArray:
         return f"LazyArray({self.shape}, {self.dtype})"
 
 
-def _host_checkpointer():
+def _host_checkpointer(failures: list[BaseException]):
     """An Orbax checkpointer that writes numpy leaves without copying them and LazyArray leaves
-    one at a time (Orbax's default deep-copies every host array first, doubling memory)."""
+    one at a time (Orbax's default deep-copies every host array first, doubling memory).
+
+    A leaf whose ``load()`` raises (a damaged source tensor) is appended to ``failures`` and the
+    remaining leaves are skipped: the caller raises it once Orbax has finished, since an
+    exception inside Orbax's writer threads is logged as a traceback per array and can leave
+    files behind.
+    """
 
     class HostArrayHandler(type_handlers.NumpyHandler):
         def __init__(self):
@@ -284,13 +293,23 @@ def _host_checkpointer():
                     await ready.wait_for(lambda: in_flight == 0 or in_flight + size <= WRITE_BUDGET_BYTES)
                     in_flight += size
                 try:
-                    array = value.load() if isinstance(value, LazyArray) else value
-                    if array.shape != tuple(value.shape) or array.dtype != value.dtype:
-                        raise CheckpointError(
-                            f"{info.name}: produced {array.dtype}{list(array.shape)}, "
-                            f"declared {value.dtype}{list(value.shape)}"
-                        )
-                    await type_handlers.NumpyHandler._background_serialize(self, [array], [info], [arg])
+                    if failures:
+                        return
+                    try:
+                        array = value.load() if isinstance(value, LazyArray) else value
+                        if array.shape != tuple(value.shape) or array.dtype != value.dtype:
+                            raise CheckpointError(
+                                f"{info.name}: produced {array.dtype}{list(array.shape)}, "
+                                f"declared {value.dtype}{list(value.shape)}"
+                            )
+                    except Exception as e:
+                        failures.append(e)
+                        return
+                    try:
+                        await type_handlers.NumpyHandler._background_serialize(self, [array], [info], [arg])
+                    except Exception as e:  # a full or read-only disk
+                        failures.append(e)
+                        return
                     del array
                     if isinstance(value, LazyArray):
                         value.release()
@@ -321,16 +340,49 @@ def write_component(path: Path, params: Any, config: Any, vocab: dict | None = N
     path = Path(path).absolute()
     leaves = jax.tree_util.tree_leaves(params)
     if leaves and all(isinstance(leaf, (np.ndarray, LazyArray)) for leaf in leaves):
-        with _host_checkpointer() as ckptr:
-            ckptr.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params))  # synchronous
+        failures: list[BaseException] = []
+        try:
+            with _orbax_errors_unlogged(), _host_checkpointer(failures) as ckptr:
+                ckptr.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params))  # synchronous
+        except Exception as e:
+            raise _write_error(failures[0] if failures else e, path) from None
+        if failures:
+            raise _write_error(failures[0], path) from None
     else:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path / PARAMS_DIR, params)
-            ckptr.wait_until_finished()
+        try:
+            with _orbax_errors_unlogged(), ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(path / PARAMS_DIR, params)
+                ckptr.wait_until_finished()
+        except Exception as e:
+            raise _write_error(e, path) from None
     _write_json(path / CONFIG_FILE, config.to_json())
     if vocab is not None:
         _write_json(path / VOCAB_FILE, json.dumps(vocab, indent=1))
     write_checksums(path)
+
+
+@contextlib.contextmanager
+def _orbax_errors_unlogged() -> Iterator[None]:
+    """Orbax logs a failure of its writer threads with a traceback before raising it; the error
+    is raised to the caller anyway (a full disk is one line on the command line, not a page)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _write_error(error: BaseException, path: Path) -> BaseException:
+    """What a failed Orbax write raised, as the error a user can act on: Tensorstore reports a full
+    or read-only disk as a ValueError that carries the errno."""
+    if isinstance(error, (JukeboxError, OSError)):
+        return error
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
+    return CheckpointError(f"cannot write the checkpoint {path}: {_one_line(error)}")
 
 
 def load_config(path: PathLike):

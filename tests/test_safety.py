@@ -511,3 +511,26 @@ def test_outputs_respect_the_umask(work):
     mask = _umask()
     assert stat.S_IMODE((work / "vq").stat().st_mode) == 0o777 & ~mask  # not mkdtemp's 0700
     assert stat.S_IMODE((work / "vq" / "config.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_sample_refuses_a_damaged_model_and_an_out_that_is_a_file(tmp_path, capsys):
+    from jukebox_flax.checkpoint import write_checksums
+
+    demo = tmp_path / "demo"
+    shutil.copytree(DEMO, demo)
+    for sub in ("vqvae", "prior_level_0", "prior_level_1", "prior_level_2"):
+        write_checksums(demo / sub)
+    write_checksums(demo)
+    assert main(["info", str(demo)]) == 0
+    chunk = sorted((demo / "prior_level_2" / "params").rglob("d/*"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 1
+    chunk.write_bytes(bytes(data))
+    capsys.readouterr()
+    line = fails(capsys, "sample", "--model", demo, "--seconds", "1", "--out", tmp_path / "run")
+    assert chunk.name in line and "damaged" in line
+    (tmp_path / "file").write_text("x")
+    before = snapshot(tmp_path)
+    line = fails(capsys, "sample", "--seconds", "1", "--out", tmp_path / "file")
+    assert str(tmp_path / "file") in line
+    assert snapshot(tmp_path) == before

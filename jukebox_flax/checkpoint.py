@@ -425,9 +425,14 @@ def param_metadata(path: PathLike) -> Any:
     ckpt = Path(path).absolute() / PARAMS_DIR
     if not ckpt.is_dir():
         raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
-    for name in _REQUIRED_FILES:  # Orbax reads an incomplete checkpoint as an empty tree
-        if not (ckpt / name).is_file():
-            raise CheckpointError(f"{ckpt} is damaged: {name} is missing")
+    # Orbax reads an incomplete checkpoint as an empty tree: check its index files first.
+    if not (ckpt / "_METADATA").is_file():
+        raise CheckpointError(f"{ckpt} is damaged: _METADATA is missing")
+    stored = _read_json(ckpt / "_METADATA")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{ckpt / '_METADATA'} is damaged: expected a JSON object")
+    if stored.get("use_ocdbt", True) and not (ckpt / "manifest.ocdbt").is_file():
+        raise CheckpointError(f"{ckpt} is damaged: manifest.ocdbt is missing")
     with ocp.StandardCheckpointer() as ckptr:
         try:
             meta = ckptr.metadata(ckpt)
@@ -437,9 +442,6 @@ def param_metadata(path: PathLike) -> Any:
     if not jax.tree_util.tree_leaves(getattr(meta, "tree", meta), is_leaf=_is_array_metadata):
         raise CheckpointError(f"{ckpt} is damaged: it holds no arrays")
     return meta
-
-
-_REQUIRED_FILES = ("_METADATA", "manifest.ocdbt")
 
 
 def _is_array_metadata(x: Any) -> bool:

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -189,10 +190,12 @@ def test_nonfinite_weights_need_allow_nonfinite(bad, tmp_path, capsys):
     save_official(tmp_path / "v.pth.tar", sd, hps("vqvae_tiny"))
     line = fails_cleanly(capsys, tmp_path, "convert", tmp_path / "v.pth.tar", tmp_path / "o")
     assert "NaN or infinite" in line and "--allow-nonfinite" in line
+    if not np.isnan(bad):
+        return  # keeping them is checked once, for NaN
     assert main(["convert", str(tmp_path / "v.pth.tar"), str(tmp_path / "o"), "--allow-nonfinite"]) == 0
     capsys.readouterr()
     kept = load_params(tmp_path / "o")
-    assert sum(int((~np.isfinite(np.asarray(x))).sum()) for x in __import__("jax").tree_util.tree_leaves(kept)) == 1
+    assert sum(int((~np.isfinite(np.asarray(x))).sum()) for x in jax.tree_util.tree_leaves(kept)) == 1
 
 
 def test_a_cast_that_overflows_float16_is_refused(tmp_path, capsys):
@@ -359,7 +362,6 @@ def test_a_flipped_byte_in_a_converted_checkpoint_is_named(model, tmp_path, caps
     assert chunk.name in line and "damaged" in line
     with pytest.raises(CheckpointError, match=chunk.name):
         load_params(model)
-    (tmp_path / "c.npz").write_bytes(b"")
     np.savez(tmp_path / "c.npz", level_0=np.zeros(16, np.int32))
     assert chunk.name in fails_cleanly(
         capsys, tmp_path, "decode", "--model", model, tmp_path / "c.npz", tmp_path / "o.wav"

@@ -72,6 +72,7 @@ def component_dir(path: PathLike, component: str) -> Path:
     path = Path(path)
     if not is_model_dir(path):
         raise CheckpointError(f"{path} is not a jukebox-flax model directory (no {CONFIG_FILE})")
+    verify_checksums(path)  # a whole model's own config.json / vocab.json (its components: load_params)
     config = load_config(path)
     if isinstance(config, JukeboxConfig):
         sub = path / component

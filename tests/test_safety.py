@@ -531,6 +531,10 @@ def test_sample_refuses_a_damaged_model_and_an_out_that_is_a_file(tmp_path, caps
     capsys.readouterr()
     line = fails(capsys, "sample", "--model", demo, "--seconds", "1", "--out", tmp_path / "run")
     assert chunk.name in line and "damaged" in line
+    text = (demo / "vocab.json").read_text()
+    (demo / "vocab.json").write_text(text.replace('"', "'", 1) if text.startswith('"') else " " + text)
+    line = fails(capsys, "sample", "--model", demo, "--seconds", "1", "--out", tmp_path / "run2")
+    assert "vocab.json is damaged" in line
     (tmp_path / "file").write_text("x")
     before = snapshot(tmp_path)
     line = fails(capsys, "sample", "--seconds", "1", "--out", tmp_path / "file")

@@ -23,11 +23,12 @@ def run_convert(args: argparse.Namespace) -> None:
         vocab=args.vocab,
         trust_pickle=args.trust_pickle,
         overwrite=args.overwrite,
+        allow_nonfinite=getattr(args, "allow_nonfinite", False),
     )
     print(describe(out))
     print(f"converted {args.src} -> {out} in {time.perf_counter() - start:.1f} s")
 
 
 def run_export(args: argparse.Namespace) -> None:
-    out = export(args.dir, args.out)
+    out = export(args.dir, args.out, overwrite=getattr(args, "overwrite", False))
     print(f"exported {args.dir} -> {out}")

@@ -31,7 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from jukebox_flax import config as cfg
-from jukebox_flax.checkpoint import LazyArray, save_model_dir, save_whole_model_dir
+from jukebox_flax.checkpoint import LazyArray, check_replaceable, save_model_dir, save_whole_model_dir
 from jukebox_flax.config import JukeboxConfig, PriorConfig, VQVAEConfig, training_only_fields
 from jukebox_flax.errors import ConfigError, ConvertError, JukeboxError
 from jukebox_flax.labels import Labeller
@@ -345,18 +345,34 @@ def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
-def _lazy(tree: Any, dtype: np.dtype, files: list[Path]) -> Any:
+def check_float_tensors(sd: Mapping[str, Any], where: str) -> None:
+    """Every weight of a Jukebox model is floating point: an int / bool / complex tensor means a
+    damaged or foreign file, and casting it would silently invent weights."""
+    for key, value in sd.items():
+        dtype = np.dtype(value.dtype)
+        if not _is_float(dtype):
+            raise ConvertError(f"{where}: tensor {key!r} is {dtype.name}, but Jukebox weights are floating point")
+
+
+def _lazy(tree: Any, dtype: np.dtype, files: list[Path], allow_nonfinite: bool = False, name: str = "") -> Any:
     if isinstance(tree, Mapping):
-        return {k: _lazy(v, dtype, files) for k, v in tree.items()}
+        return {k: _lazy(v, dtype, files, allow_nonfinite, f"{name}/{k}" if name else str(k)) for k, v in tree.items()}
     leaf = tree
     target = dtype if _is_float(np.dtype(leaf.dtype)) else np.dtype(leaf.dtype)
 
     def load(leaf=leaf, target=target) -> np.ndarray:
-        if isinstance(leaf, StackedRows):
-            return leaf.load_as(target)
-        # a mapping may return other LazyArrays itself
-        array = leaf.load() if isinstance(leaf, LazyArray) else np.asarray(leaf)
-        return np.ascontiguousarray(array.astype(target, copy=False))
+        with np.errstate(over="ignore"):  # an overflowing cast is reported below, by name
+            if isinstance(leaf, StackedRows):
+                array = leaf.load_as(target)
+            else:  # a mapping may return other LazyArrays itself
+                array = leaf.load() if isinstance(leaf, LazyArray) else np.asarray(leaf)
+                array = np.ascontiguousarray(array.astype(target, copy=False))
+        if not allow_nonfinite and _is_float(array.dtype) and not np.isfinite(array).all():
+            raise ConvertError(
+                f"{name} holds NaN or infinite values in {array.dtype.name} (a damaged checkpoint, or values "
+                f"beyond the range of --dtype); pass --allow-nonfinite to keep them"
+            )
+        return array
 
     return LazyArray(leaf.shape, target, load, release=lambda: release_pages(files))
 
@@ -392,15 +408,25 @@ def convert(
     vocab: Any = None,
     trust_pickle: bool = False,
     overwrite: bool = False,
+    allow_nonfinite: bool = False,
     mappings: Mappings | None = None,
 ) -> Path:
     """Convert ``src`` (official file, directory of them, or HF checkpoint) into the model
     directory ``dst``. Returns ``dst``. Raises ConvertError (or another JukeboxError) naming the
-    problem; ``dst`` is then left as it was."""
+    problem; ``dst`` is then left as it was.
+
+    ``overwrite`` replaces only a model directory jukebox-flax wrote (never ``src`` or a folder
+    holding it, nor the current directory). Weights that are not floating point are refused, and
+    NaN / Inf weights too unless ``allow_nonfinite``."""
     target = np_dtype(dtype)
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise ConvertError(f"{dst} already exists (pass --overwrite to replace it)")
+    if dst.exists() or dst.is_symlink():
+        if not overwrite:
+            raise ConvertError(f"{dst} already exists (pass --overwrite to replace it)")
+        try:
+            check_replaceable(dst, protect=(src,))
+        except JukeboxError as e:
+            raise ConvertError(str(e)) from None
     if ids is not None and not Path(ids).is_dir():
         raise ConvertError(f"--ids {ids} is not a directory")
     source = open_source(src, trust_pickle)
@@ -411,9 +437,11 @@ def convert(
     components = {}
     for name, config in configs.items():
         where = f"{source.path} ({name})" if len(configs) > 1 else str(source.path)
+        check_float_tensors(source.state_dicts[name], where)
         params = params_for(name, source.state_dicts[name], config, where, mappings)
         component_vocab = _vocab_for(config, ids, vocab) if name != "vqvae" else None
-        components[name] = (_lazy(params, target, source.files), config, component_vocab)
+        lazy = _lazy(params, target, source.files, allow_nonfinite, f"{where}: {name}")
+        components[name] = (lazy, config, component_vocab)
 
     if whole is None:
         ((name, (params, config, component_vocab)),) = components.items()

@@ -15,7 +15,9 @@ import json
 import os
 import pickle
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "load_official_file",
     "load_hf_state_dict",
     "release_pages",
+    "verify_zip_crc",
     "COMPONENTS",
 ]
 
@@ -89,6 +92,8 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
     import torch
 
     mmap_ok = zipfile.is_zipfile(path)  # torch's zip format; the legacy format cannot be mapped
+    if mmap_ok:
+        verify_zip_crc(path)  # torch reads the members without checking their CRC-32
     try:
         if trust_pickle:
             return torch.load(path, map_location="cpu", mmap=mmap_ok, weights_only=False)
@@ -103,6 +108,45 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             ) from None
         raise ConvertError(f"{path} is not a readable PyTorch checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        raise ConvertError(f"{path} is truncated or corrupt ({_first_line(e)})") from None
+
+
+_CRC_CHUNK = 8 * 2**20
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (version .. sizes), name and extra lengths
+
+
+def verify_zip_crc(path: Path) -> None:
+    """Check the CRC-32 of every member of a zip checkpoint (torch's format), streaming the file
+    once through a small buffer: a flipped bit is an error, never a silently different weight."""
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            buffer = memoryview(bytearray(_CRC_CHUNK))
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:  # zipfile checks the CRC as it inflates
+                    with zf.open(info) as member:
+                        while member.read(_CRC_CHUNK):
+                            pass
+                    continue
+                raw.seek(info.header_offset)
+                header = raw.read(_LOCAL_HEADER.size)
+                if len(header) != _LOCAL_HEADER.size:
+                    raise zipfile.BadZipFile(f"member {info.filename} is cut off")
+                signature, name_len, extra_len = _LOCAL_HEADER.unpack(header)
+                if signature != b"PK\x03\x04":
+                    raise zipfile.BadZipFile(f"bad local header of member {info.filename}")
+                raw.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
+                crc, left = 0, info.compress_size
+                while left:
+                    n = raw.readinto(buffer[: min(left, _CRC_CHUNK)])
+                    if not n:
+                        raise zipfile.BadZipFile(f"member {info.filename} is cut off")
+                    crc = zlib.crc32(buffer[:n], crc)
+                    left -= n
+                if crc != info.CRC:
+                    raise ConvertError(
+                        f"{path} is corrupt: {info.filename} fails its CRC-32 check (the file was damaged)"
+                    )
+    except zipfile.BadZipFile as e:
         raise ConvertError(f"{path} is truncated or corrupt ({_first_line(e)})") from None
 
 
@@ -183,6 +227,8 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConvertError(f"{path} has a corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise ConvertError(f"{path} has a corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     data_start = 8 + n
     out: dict[str, np.ndarray] = {}
@@ -192,8 +238,10 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     for key, info in header.items():
         try:
             dtype = _np_dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            shape = tuple(info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(int(d) for d in info["shape"])
+            if begin < 0 or end < begin or any(d < 0 for d in shape):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise ConvertError(f"{path}: bad header entry for {key!r}") from None
         if data_start + end > size or end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
@@ -207,10 +255,18 @@ def _hf_weight_files(path: Path) -> list[Path]:
         index = path / index_name
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError):
-                raise ConvertError(f"{index} is not a valid shard index") from None
+                data = json.loads(index.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ConvertError(f"{index} is not a valid shard index (not JSON)") from None
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ConvertError(f"{index} is not a valid shard index (no weight_map of tensor -> file)")
             files = sorted(set(weight_map.values()))
+            for name in files:
+                # lexically: a Hugging Face cache links shards to blobs elsewhere, which is fine
+                normal = os.path.normpath(name)
+                if not name or os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep):
+                    raise ConvertError(f"{index} names the shard {name!r}, outside {path}")
             missing = [f for f in files if not (path / f).is_file()]
             if missing:
                 raise ConvertError(f"{path} is missing shard(s) listed in {index_name}: {', '.join(missing)}")
@@ -255,9 +311,11 @@ def open_source(path: Any, trust_pickle: bool = False) -> Source:
         return Source("official_file", path, {"unknown": sd}, {"unknown": hps}, files=[path])
     if (path / "config.json").is_file():
         try:
-            hf_config = json.loads((path / "config.json").read_text())
-        except json.JSONDecodeError as e:
+            hf_config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConvertError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+        if not isinstance(hf_config, dict):
+            raise ConvertError(f"{path / 'config.json'} is not a model config (expected a JSON object)")
         if hf_config.get("model_type") not in ("jukebox", "jukebox_vqvae", "jukebox_prior"):
             raise ConvertError(
                 f"{path} is a Hugging Face checkpoint of model_type "

@@ -39,6 +39,8 @@ def read_id_file(path: PathLike) -> dict[str, int]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise LabelError(f"cannot read the id list {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise LabelError(f"the id list {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
@@ -67,7 +69,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise LabelError(f"cannot read {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LabelError(f"{path} is not valid JSON: {e}") from None
 
 

@@ -69,11 +69,18 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:
+            raise _named(e, path) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _named(error: OSError, path: Path) -> OSError:
+    """The same error naming ``path``: a failed write to an open file (ENOSPC, EIO) names no file."""
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def _remove(path: Path) -> None:
@@ -107,8 +114,10 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             if old is not None:
                 os.rename(old, path)
             raise
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and (not e.filename or str(e.filename).startswith(str(tmp))):
+            raise _named(e, path) from None  # the temporary name means nothing to the user
         raise
     _fsync_dir(path.parent)
     if old is not None:

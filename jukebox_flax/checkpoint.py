@@ -8,9 +8,13 @@ another checkpoint API is a one-file change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import future, type_handlers
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, atomic_write
 from .config import JukeboxConfig, config_from_dict
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, JukeboxError
 from .tree import path_names, tree_paths
 
 __all__ = [
@@ -35,6 +39,9 @@ __all__ = [
     "is_model_dir",
     "LazyArray",
     "save_whole_model_dir",
+    "check_replaceable",
+    "verify_checksums",
+    "CHECKSUMS_FILE",
 ]
 
 PathLike = str | os.PathLike
@@ -42,6 +49,13 @@ PathLike = str | os.PathLike
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 PARAMS_DIR = "params"
+# SHA-256 of every file the writer made, checked before the params are read (absent in older dirs).
+CHECKSUMS_FILE = "checksums.json"
+COMPONENT_NAMES = ("vqvae", "prior_level_0", "prior_level_1", "prior_level_2")
+# What a directory written by save_model_dir / save_whole_model_dir may hold; --overwrite replaces
+# nothing else.
+_OWN_ENTRIES = frozenset({CONFIG_FILE, VOCAB_FILE, PARAMS_DIR, CHECKSUMS_FILE, *COMPONENT_NAMES})
+_HASH_CHUNK = 4 * 2**20
 # Host memory the writer may hold in produced-but-unwritten arrays (see _host_checkpointer).
 WRITE_BUDGET_BYTES = 256 * 2**20
 
@@ -58,6 +72,7 @@ def component_dir(path: PathLike, component: str) -> Path:
     path = Path(path)
     if not is_model_dir(path):
         raise CheckpointError(f"{path} is not a jukebox-flax model directory (no {CONFIG_FILE})")
+    verify_checksums(path)  # a whole model's own config.json / vocab.json (its components: load_params)
     config = load_config(path)
     if isinstance(config, JukeboxConfig):
         sub = path / component
@@ -99,20 +114,121 @@ def save_whole_model_dir(
             sub = tmp / name
             sub.mkdir()
             write_component(sub, params, component_config, component_vocab)
-        (tmp / CONFIG_FILE).write_text(config.to_json())
+        _write_json(tmp / CONFIG_FILE, config.to_json())
         if vocab is not None:
-            (tmp / VOCAB_FILE).write_text(json.dumps(vocab, indent=1))
+            _write_json(tmp / VOCAB_FILE, json.dumps(vocab, indent=1))
+        write_checksums(tmp)
 
     return _atomic_write(path, overwrite, write)
 
 
 def _atomic_write(path: PathLike, overwrite: bool, write: Callable[[Path], None]) -> Path:
     path = Path(path).absolute()
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
+        check_replaceable(path)
     with atomic_dir(path) as tmp:
         write(tmp)
     return path
+
+
+def _write_json(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_replaceable(path: PathLike, protect: tuple[PathLike, ...] = ()) -> None:
+    """Raise CheckpointError unless ``path`` is something ``overwrite`` may replace: absent, an
+    empty directory, or a model directory jukebox-flax wrote (only its own files). Never the
+    current directory or a folder that holds it, nor one that holds any path of ``protect``
+    (the source of a conversion)."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink():
+        raise CheckpointError(f"refusing to replace {path}: it is a symlink, not a model directory")
+    if not path.is_dir():
+        raise CheckpointError(f"refusing to replace {path}: it is a file, not a model directory")
+    real = path.resolve()
+    if _inside(Path.cwd().resolve(), real):
+        raise CheckpointError(f"refusing to replace {path}: it is the current directory or holds it")
+    for source in protect:
+        if _inside(Path(source).resolve(), real):
+            raise CheckpointError(f"refusing to replace {path}: it holds the source {source}")
+    if not any(path.iterdir()):
+        return
+    if not _is_own_model_dir(path):
+        raise CheckpointError(
+            f"refusing to replace {path}: it is not a model directory jukebox-flax wrote "
+            f"(only {', '.join(sorted(_OWN_ENTRIES))} may be there)"
+        )
+
+
+def _is_own_model_dir(path: Path) -> bool:
+    names = {p.name for p in path.iterdir()}
+    if not names <= _OWN_ENTRIES or CONFIG_FILE not in names or not (path / CONFIG_FILE).is_file():
+        return False
+    if PARAMS_DIR in names:
+        return (path / PARAMS_DIR).is_dir() and not names & set(COMPONENT_NAMES)
+    parts = names & set(COMPONENT_NAMES)
+    return bool(parts) and all((path / p).is_dir() and _is_own_model_dir(path / p) for p in parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checksums
+
+
+def _own_files(path: Path) -> list[Path]:
+    """The files of one directory level (a component's params/ included, sub-components not)."""
+    files = [p for p in sorted(path.iterdir()) if p.is_file() and p.name != CHECKSUMS_FILE]
+    if (path / PARAMS_DIR).is_dir():
+        files += sorted(p for p in (path / PARAMS_DIR).rglob("*") if p.is_file() and not p.is_symlink())
+    return files
+
+
+def _sha256(file: Path, sync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+        if sync:  # the directory is renamed into place next: its files must be on disk first
+            os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def write_checksums(path: Path) -> None:
+    """Write ``checksums.json`` (SHA-256 of every file of ``path``, see _own_files) and flush them."""
+    sums = {p.relative_to(path).as_posix(): _sha256(p, sync=True) for p in _own_files(path)}
+    _write_json(path / CHECKSUMS_FILE, json.dumps({"sha256": sums}, indent=1, sort_keys=True))
+
+
+def verify_checksums(path: PathLike) -> None:
+    """Raise CheckpointError naming the first damaged or missing file of a directory that has a
+    ``checksums.json``; directories without one (older conversions) are accepted as they are."""
+    path = Path(path)
+    file = path / CHECKSUMS_FILE
+    if not file.is_file():
+        return
+    try:
+        sums = json.loads(file.read_text())["sha256"]
+        if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+            raise TypeError
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{file} is damaged (not a checksum list)") from None
+    root = path.resolve()
+    for name, want in sorted(sums.items()):
+        target = path / name
+        if Path(name).is_absolute() or not _inside(target.resolve(), root):
+            raise CheckpointError(f"{file} names {name!r}, outside {path}")
+        if not target.is_file():
+            raise CheckpointError(f"{target} is missing (listed in {file})")
+        if _sha256(target) != want:
+            raise CheckpointError(f"{target} is damaged: its SHA-256 differs from the one in {file}")
 
 
 class LazyArray:
@@ -151,9 +267,15 @@ class LazyArray:
         return f"LazyArray({self.shape}, {self.dtype})"
 
 
-def _host_checkpointer():
+def _host_checkpointer(failures: list[BaseException]):
     """An Orbax checkpointer that writes numpy leaves without copying them and LazyArray leaves
-    one at a time (Orbax's default deep-copies every host array first, doubling memory)."""
+    one at a time (Orbax's default deep-copies every host array first, doubling memory).
+
+    A leaf whose ``load()`` raises (a damaged source tensor) is appended to ``failures`` and the
+    remaining leaves are skipped: the caller raises it once Orbax has finished, since an
+    exception inside Orbax's writer threads is logged as a traceback per array and can leave
+    files behind.
+    """
 
     class HostArrayHandler(type_handlers.NumpyHandler):
         def __init__(self):
@@ -172,13 +294,23 @@ def _host_checkpointer():
                     await ready.wait_for(lambda: in_flight == 0 or in_flight + size <= WRITE_BUDGET_BYTES)
                     in_flight += size
                 try:
-                    array = value.load() if isinstance(value, LazyArray) else value
-                    if array.shape != tuple(value.shape) or array.dtype != value.dtype:
-                        raise CheckpointError(
-                            f"{info.name}: produced {array.dtype}{list(array.shape)}, "
-                            f"declared {value.dtype}{list(value.shape)}"
-                        )
-                    await type_handlers.NumpyHandler._background_serialize(self, [array], [info], [arg])
+                    if failures:
+                        return
+                    try:
+                        array = value.load() if isinstance(value, LazyArray) else value
+                        if array.shape != tuple(value.shape) or array.dtype != value.dtype:
+                            raise CheckpointError(
+                                f"{info.name}: produced {array.dtype}{list(array.shape)}, "
+                                f"declared {value.dtype}{list(value.shape)}"
+                            )
+                    except Exception as e:
+                        failures.append(e)
+                        return
+                    try:
+                        await type_handlers.NumpyHandler._background_serialize(self, [array], [info], [arg])
+                    except Exception as e:  # a full or read-only disk
+                        failures.append(e)
+                        return
                     del array
                     if isinstance(value, LazyArray):
                         value.release()
@@ -209,35 +341,84 @@ def write_component(path: Path, params: Any, config: Any, vocab: dict | None = N
     path = Path(path).absolute()
     leaves = jax.tree_util.tree_leaves(params)
     if leaves and all(isinstance(leaf, (np.ndarray, LazyArray)) for leaf in leaves):
-        with _host_checkpointer() as ckptr:
-            ckptr.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params))  # synchronous
+        failures: list[BaseException] = []
+        try:
+            with _orbax_errors_unlogged(), _host_checkpointer(failures) as ckptr:
+                ckptr.save(path / PARAMS_DIR, args=ocp.args.PyTreeSave(params))  # synchronous
+        except Exception as e:
+            raise _write_error(failures[0] if failures else e, path) from None
+        if failures:
+            raise _write_error(failures[0], path) from None
     else:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path / PARAMS_DIR, params)
-            ckptr.wait_until_finished()
-    (path / CONFIG_FILE).write_text(config.to_json())
+        try:
+            with _orbax_errors_unlogged(), ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(path / PARAMS_DIR, params)
+                ckptr.wait_until_finished()
+        except Exception as e:
+            raise _write_error(e, path) from None
+    _write_json(path / CONFIG_FILE, config.to_json())
     if vocab is not None:
-        (path / VOCAB_FILE).write_text(json.dumps(vocab, indent=1))
+        _write_json(path / VOCAB_FILE, json.dumps(vocab, indent=1))
+    write_checksums(path)
+
+
+@contextlib.contextmanager
+def _orbax_errors_unlogged() -> Iterator[None]:
+    """Orbax logs a failure of its writer threads with a traceback before raising it; the error
+    is raised to the caller anyway (a full disk is one line on the command line, not a page)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _write_error(error: BaseException, path: Path) -> BaseException:
+    """What a failed Orbax write raised, as the error a user can act on: Tensorstore reports a full
+    or read-only disk as a ValueError that carries the errno."""
+    if isinstance(error, (JukeboxError, OSError)):
+        return error
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
+    return CheckpointError(f"cannot write the checkpoint {path}: {_one_line(error)}")
 
 
 def load_config(path: PathLike):
     """The config stored in a model directory (VQVAEConfig, PriorConfig or JukeboxConfig)."""
+    if not Path(path).is_dir():
+        what = "does not exist" if not Path(path).exists() else "is a file"
+        raise CheckpointError(f"{path} {what}: expected a jukebox-flax model directory")
     file = Path(path) / CONFIG_FILE
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a jukebox-flax model directory (no {CONFIG_FILE})") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+    if not file.is_file():
+        raise CheckpointError(f"{path} is not a jukebox-flax model directory (no {CONFIG_FILE})")
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} is damaged: expected a JSON object, got {type(data).__name__}")
     try:
         return config_from_dict(data)
-    except (ConfigError, TypeError) as e:
+    except (ConfigError, TypeError, KeyError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{file}: {e}") from None
 
 
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is damaged (not valid JSON: {e})") from None
+
+
 def load_vocab(path: PathLike) -> dict | None:
+    """The ``vocab.json`` of a directory, or None when it has none."""
     file = Path(path) / VOCAB_FILE
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} is damaged: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def param_metadata(path: PathLike) -> Any:
@@ -245,12 +426,32 @@ def param_metadata(path: PathLike) -> Any:
     ckpt = Path(path).absolute() / PARAMS_DIR
     if not ckpt.is_dir():
         raise CheckpointError(f"{path} has no {PARAMS_DIR}/ checkpoint")
+    # Orbax reads an incomplete checkpoint as an empty tree: check its index files first.
+    if not (ckpt / "_METADATA").is_file():
+        raise CheckpointError(f"{ckpt} is damaged: _METADATA is missing")
+    stored = _read_json(ckpt / "_METADATA")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{ckpt / '_METADATA'} is damaged: expected a JSON object")
+    if stored.get("use_ocdbt", True) and not (ckpt / "manifest.ocdbt").is_file():
+        raise CheckpointError(f"{ckpt} is damaged: manifest.ocdbt is missing")
     with ocp.StandardCheckpointer() as ckptr:
         try:
             meta = ckptr.metadata(ckpt)
         except Exception as e:  # orbax raises several types for unreadable checkpoints
-            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {e}") from None
-    return getattr(meta, "item_metadata", meta)
+            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {_one_line(e)}") from None
+    meta = getattr(meta, "item_metadata", meta)
+    if not jax.tree_util.tree_leaves(getattr(meta, "tree", meta), is_leaf=_is_array_metadata):
+        raise CheckpointError(f"{ckpt} is damaged: it holds no arrays")
+    return meta
+
+
+def _is_array_metadata(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def load_params(
@@ -267,6 +468,7 @@ def load_params(
     module's init) is checked against the stored tree: a missing, extra or mis-shaped entry is an
     error that names it.
     """
+    verify_checksums(path)
     meta = param_metadata(path)
     if expected is not None:
         check_tree(meta, expected, where=str(path))
@@ -283,7 +485,7 @@ def load_params(
         try:
             return ckptr.restore(ckpt, abstract)
         except Exception as e:
-            raise CheckpointError(f"cannot restore the checkpoint in {ckpt}: {e}") from None
+            raise CheckpointError(f"cannot restore the checkpoint in {ckpt}: {_one_line(e)}") from None
 
 
 def check_tree(stored: Any, expected: Any, where: str = "checkpoint") -> None:

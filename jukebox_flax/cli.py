@@ -2,13 +2,20 @@
 
 Each subcommand parses its arguments here and calls one library function. ``convert`` and ``export``
 are imported only when they run, which keeps the converter out of the library's import graph. A user mistake
-(a ``JukeboxError`` or a missing file) prints one line on stderr and exits with status 2.
+(a ``JukeboxError``, any ``OSError``, a damaged zip / JSON / text file) prints one line on stderr and
+exits with status 2; anything else is a bug: one line and the path of its saved traceback, status 1
+(``--debug`` prints the traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
+import traceback
+import zipfile
 from collections.abc import Sequence
 
 from . import __version__
@@ -61,6 +68,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert PyTorch weights (official or Hugging Face) to a model directory")
@@ -78,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow arbitrary pickled objects in official checkpoints (only for files you trust)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is a model directory jukebox-flax wrote")
+    p.add_argument("--allow-nonfinite", action="store_true", help="keep NaN / Inf weights (refused by default)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("export", help="write an official-format state dict (*.pth.tar) from a model directory")
     p.add_argument("dir")
     p.add_argument("out")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier export")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("info", help="describe a model directory")
@@ -145,16 +155,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error_line(e: OSError) -> str:
+    """'FILE: cause' (errno's text: 'No space left on device', 'Read-only file system', ...)."""
+    cause = e.strerror or _one_line(str(e)) or type(e).__name__
+    files = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{files}: {cause}" if files else cause
+
+
+# Raised by the standard library for a damaged or mistaken file a user gave; the cause is theirs.
+_FILE_ERRORS = (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, EOFError)
+
+
+def _report_bug(command: str, error: BaseException, debug: bool) -> None:
+    """An unexpected error: one line and where the traceback went (``--debug`` prints it instead)."""
+    text = "".join(traceback.format_exception(error))
+    if debug:
+        print(text, end="", file=sys.stderr)
+        return
+    where = "not saved"
+    try:
+        fd, name = tempfile.mkstemp(prefix="jukebox-flax-", suffix=".traceback.txt")  # O_EXCL, private
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        where = name
+    except OSError:
+        pass
+    print(
+        f"jukebox-flax {command}: internal error: {type(error).__name__}: {_one_line(str(error))[:300]} "
+        f"(traceback: {where}; --debug shows it)",
+        file=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (JukeboxError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"jukebox-flax {args.command}: error: {e}", file=sys.stderr)
+    except JukeboxError as e:
+        print(f"jukebox-flax {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing or unreadable file, a full or read-only disk, ...
+        print(f"jukebox-flax {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return 2
+    except _FILE_ERRORS as e:
+        print(f"jukebox-flax {args.command}: error: a damaged input file: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"jukebox-flax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        _report_bug(args.command, e, args.debug)
+        return 1
     return 0
 
 

@@ -1,5 +1,6 @@
-"""``jukebox-flax info DIR``: what a model directory holds, read from its metadata only
-(no weights are loaded)."""
+"""``jukebox-flax info DIR``: what a model directory holds, read from its metadata (no weights are
+loaded). The files are checked against the directory's ``checksums.json`` when it has one, and a
+damaged directory (a missing ``_METADATA``, manifest or config) is an error, not an empty model."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from .checkpoint import load_config, load_vocab, param_metadata
+from .checkpoint import load_config, load_vocab, param_metadata, verify_checksums
 from .config import JukeboxConfig, PriorConfig, VQVAEConfig
+from .errors import CheckpointError
 
 __all__ = ["describe", "param_summary"]
 
@@ -63,6 +65,7 @@ def _vocab_line(vocab: Any) -> str:
 
 
 def _component_lines(path: Path, config: Any, indent: str = "") -> tuple[list[str], int]:
+    verify_checksums(path)
     arrays, total, dtypes = param_summary(path)
     dtype_text = ", ".join(f"{name} {n / total:.0%}" if len(dtypes) > 1 else name for name, n in dtypes.items())
     lines = [
@@ -81,10 +84,13 @@ def describe(path: Any) -> str:
     if not isinstance(config, JukeboxConfig):
         lines, _ = _component_lines(path, config)
         return "\n".join([f"{path}: one component"] + ["  " + line for line in lines])
+    verify_checksums(path)
     lines = [f"{path}: whole Jukebox model"]
     grand = 0
     names = ["vqvae"] + [f"prior_level_{p.level}" for p in config.priors]
     for name, component in zip(names, (config.vqvae,) + tuple(config.priors)):
+        if not (path / name / "config.json").is_file():
+            raise CheckpointError(f"{path / name} is missing or damaged (no config.json)")
         sub, total = _component_lines(path / name, component, "    ")
         grand += total
         lines += [f"  {name}/"] + sub

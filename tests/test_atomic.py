@@ -100,3 +100,20 @@ def test_tree_paths_name_every_leaf():
     assert ("prior", "x_emb", "embedding") in named_leaves(tree)
     keypath, _ = jax.tree_util.tree_flatten_with_path(tree)[0][-1]
     assert path_name(keypath) == "prior/x_emb/embedding"
+
+
+def test_a_failed_write_names_the_destination(tmp_path, monkeypatch):
+    # a write to an open file that fails (ENOSPC, EIO) carries no file name; the error names the target
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        with atomic_write(tmp_path / "out.bin") as f:
+            f.write(b"x")
+    assert caught.value.errno == 28 and caught.value.filename == str(tmp_path / "out.bin")
+    with pytest.raises(OSError) as caught:
+        with atomic_dir(tmp_path / "model") as tmp:
+            raise OSError(28, "No space left on device", str(tmp / "params" / "chunk"))
+    assert caught.value.filename == str(tmp_path / "model")  # not the temporary name
+    assert list(tmp_path.iterdir()) == []

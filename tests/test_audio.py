@@ -93,3 +93,16 @@ def test_clear_errors(tmp_path):
     with pytest.raises(AudioError, match="no audio samples"):
         load_audio(tmp_path / "silent.wav")
     assert issubclass(AudioError, ValueError)
+
+
+def test_saved_wavs_get_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_wav(tmp_path / "a.wav", sine(440.0, 44100, 0.1))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # open()'s mode, not a private temporary file's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]

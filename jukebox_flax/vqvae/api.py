@@ -6,6 +6,7 @@ Also the ``jukebox-flax encode`` / ``decode`` commands (:func:`encode_file`, :fu
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..atomic import atomic_write
 from ..audio import load_audio, save_wav
 from ..checkpoint import component_dir, load_config, load_params
 from ..config import VQVAEConfig
@@ -32,6 +34,7 @@ __all__ = [
     "count_params",
     "encode_file",
     "decode_file",
+    "check_codes_file",
 ]
 
 PathLike = str | os.PathLike
@@ -171,8 +174,11 @@ def encode_file(model_dir: PathLike, audio_path: PathLike, out_npz: PathLike) ->
 
     The audio is resampled to the model's rate, mixed to mono and zero-padded at the end to a
     multiple of the top hop; ``n_samples`` records the original length so decode can trim.
+    The file is written atomically (a crash or a full disk leaves no partial ``.npz``).
     """
-
+    out = Path(out_npz)
+    if out.is_dir():
+        raise VQVAEInputError(f"{out} is a directory; give the .npz file to write")
     vq = load_vqvae(model_dir, progress=True)
     audio = np.asarray(load_audio(audio_path, sr=vq.config.sr), np.float32)
     audio = audio.reshape(-1) if audio.ndim == 1 or 1 in audio.shape else audio.mean(axis=-1)
@@ -183,10 +189,8 @@ def encode_file(model_dir: PathLike, audio_path: PathLike, out_npz: PathLike) ->
     padded = np.zeros((1, -(-n_samples // hop) * hop, 1), np.float32)
     padded[0, :n_samples, 0] = audio
     codes = vq.encode(padded)
-    out = Path(out_npz)
-    out.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {f"level_{L}": np.asarray(z[0], np.int32) for L, z in enumerate(codes)}
-    with open(out, "wb") as f:  # an open file keeps numpy from appending '.npz' to the name
+    with atomic_write(out) as f:  # an open file keeps numpy from appending '.npz' to the name
         np.savez(
             f,
             **arrays,
@@ -197,37 +201,103 @@ def encode_file(model_dir: PathLike, audio_path: PathLike, out_npz: PathLike) ->
     return out
 
 
+def _read_codes_file(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a codes ``.npz``; a missing, damaged or foreign file is one VQVAEInputError."""
+    if not path.is_file():
+        raise VQVAEInputError(f"codes file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise VQVAEInputError(f"{path} is a single .npy array; decode reads the .npz that encode writes")
+        with loaded as f:
+            return {k: f[k] for k in f.files}
+    except VQVAEInputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:  # not npz, pickled, truncated
+        raise VQVAEInputError(f"{path} is not a readable codes .npz ({' '.join(str(e).split())})") from None
+
+
+def _scalar_int(data: dict[str, np.ndarray], key: str, path: Path) -> int | None:
+    if key not in data:
+        return None
+    value = data[key]
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise VQVAEInputError(f"{path}: {key} must be one integer, got {value.dtype.name}{list(value.shape)}")
+    return int(value)
+
+
+def check_codes_file(
+    data: dict[str, np.ndarray], config: VQVAEConfig, path: Path
+) -> tuple[int, np.ndarray, int | None]:
+    """(level, codes [B, T], n_samples or None) of the finest level in a codes file, checked
+    against the model: names, dtype, shape, range, and the metadata ``sr`` / ``hop_lengths`` /
+    ``n_samples``."""
+    names = [k for k in data if k.startswith("level_")]
+    bad = [k for k in names if not k[6:].isdigit() or int(k[6:]) >= config.levels]
+    if bad:
+        raise VQVAEInputError(
+            f"{path}: {bad[0]} is not a level of this model (it has level_0..level_{config.levels - 1})"
+        )
+    if not names:
+        raise VQVAEInputError(f"{path} has no level_0/level_1/level_2 codes")
+    level = min(int(k[6:]) for k in names)
+    codes = data[f"level_{level}"]
+    if codes.dtype.kind not in "iu":
+        raise VQVAEInputError(f"{path}: level_{level} codes are {codes.dtype.name}; codes are integers")
+    if codes.ndim == 1:
+        codes = codes[None]
+    if codes.ndim != 2:
+        raise VQVAEInputError(
+            f"{path}: level_{level} codes must be [T] or [B, T], got shape {list(data[f'level_{level}'].shape)}"
+        )
+    if codes.size == 0:
+        raise VQVAEInputError(f"{path}: level_{level} codes are empty (shape {list(codes.shape)})")
+    if codes.min() < 0 or codes.max() >= config.l_bins:
+        raise VQVAEInputError(
+            f"{path}: level_{level} codes must lie in 0..{config.l_bins - 1}, found {codes.min()}..{codes.max()}"
+        )
+    sr = _scalar_int(data, "sr", path)
+    if sr is not None and sr != config.sr:
+        raise VQVAEInputError(f"{path} was encoded at {sr} Hz; this model works at {config.sr} Hz")
+    hops = np.asarray(data.get("hop_lengths", config.hop_lengths)).tolist()
+    if hops != list(config.hop_lengths):
+        raise VQVAEInputError(f"{path} has hop lengths {hops}; the model's are {list(config.hop_lengths)}")
+    n_samples = _scalar_int(data, "n_samples", path)
+    length = codes.shape[1] * config.hop_lengths[level]
+    if n_samples is not None and not 0 < n_samples <= length:
+        raise VQVAEInputError(f"{path}: n_samples {n_samples} must lie in 1..{length} for these codes")
+    return level, codes.astype(np.int32), n_samples
+
+
 def decode_file(model_dir: PathLike, npz_path: PathLike, out_wav: PathLike) -> Path:
     """Decode the lowest level of codes in ``npz_path`` (as written by :func:`encode_file`) to a WAV.
 
     Codes may be ``[T]`` (one song) or ``[B, T]``; a batch writes ``OUT_0.wav``, ``OUT_1.wav``, ...
+    The file is checked against the model first (integer codes in range, known levels, the
+    model's sample rate, a sane ``n_samples``); the WAVs are written at the model's rate.
     """
-
+    path, out = Path(npz_path), Path(out_wav)
+    if out.is_dir():
+        raise VQVAEInputError(f"{out} is a directory; give the .wav file to write")
+    data = _read_codes_file(path)
+    config = load_config(component_dir(model_dir, "vqvae"))
+    if not isinstance(config, VQVAEConfig):
+        raise VQVAEInputError(f"{model_dir} holds a {type(config).__name__}, not a VQ-VAE")
+    level, codes, n_samples = check_codes_file(data, config, path)  # before any weight is read
     vq = load_vqvae(model_dir, progress=True)
-    with np.load(npz_path, allow_pickle=False) as f:
-        data = {k: f[k] for k in f.files}
-    levels = sorted(int(k.split("_")[1]) for k in data if k.startswith("level_") and k[6:].isdigit())
-    if not levels:
-        raise VQVAEInputError(f"{npz_path} has no level_0/level_1/level_2 codes")
-    level = levels[0]
-    if level >= vq.config.levels:
-        raise VQVAEInputError(f"{npz_path} has codes of level {level}; the model has {vq.config.levels} levels")
-    codes = np.asarray(data[f"level_{level}"])
-    if codes.ndim == 1:
-        codes = codes[None]
-    if codes.ndim != 2:
-        raise VQVAEInputError(f"level_{level} codes must be [T] or [B, T], got {codes.shape}")
-    if codes.size and (codes.min() < 0 or codes.max() >= vq.config.l_bins):
-        raise VQVAEInputError(f"codes must lie in 0..{vq.config.l_bins - 1}")
     audio = np.asarray(vq.decode([codes], start_level=level))[..., 0]
-    if "n_samples" in data:
-        audio = audio[:, : int(data["n_samples"])]
-    out = Path(out_wav)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sr = int(data.get("sr", vq.config.sr))
+    if n_samples is not None:
+        audio = audio[:, :n_samples]
+    sr = vq.config.sr
     if len(audio) == 1:
         save_wav(out, audio[0], sr)
         return out
-    for i, item in enumerate(audio):
-        save_wav(out.with_name(f"{out.stem}_{i}{out.suffix}"), item, sr)
+    written: list[Path] = []
+    try:
+        for i, item in enumerate(audio):
+            written.append(save_wav(out.with_name(f"{out.stem}_{i}{out.suffix}"), item, sr))
+    except BaseException:
+        for file in written:  # all of the batch or none of it
+            file.unlink(missing_ok=True)
+        raise
     return out

@@ -134,10 +134,11 @@ def _unrolled_axes(scanned: ParamAxes) -> ParamAxes:
                 units.setdefault(path[: i + 1], set()).add(path[i + 1])
     out: ParamAxes = {}
     for path, names in scanned.items():
-        i = next((i for i, name in enumerate(path[:-1]) if name.startswith("layers_")), None)
-        if i is None:
+        stacked = [i for i, name in enumerate(path[:-1]) if name.startswith("layers_")]
+        if not stacked:
             out[path] = names
             continue
+        i = stacked[0]
         first, last = (int(v) for v in path[i].split("_")[1:])
         n_units = len(units[path[: i + 1]])
         j = int(path[i + 1].split("_")[1])

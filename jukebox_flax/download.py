@@ -120,8 +120,8 @@ def _attempt(url: str, fd: int, timeout: float, progress: bool, name: str) -> No
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # nothing left after `offset`: complete, or a stale larger part
-            total = (_total_from_content_range(e.headers.get("Content-Range")) or (0, None))[1]
-            if total == offset:
+            match = re.search(r"/(\d+)\s*$", e.headers.get("Content-Range") or "")
+            if match and int(match.group(1)) == offset:
                 return
             os.ftruncate(fd, 0)
             raise _Retry("the partial file does not match the server's") from None
@@ -190,6 +190,8 @@ def fetch(
             try:
                 _attempt(url, fd, timeout, progress, dest.name)
                 break
+            except DownloadError:  # final (404, ...): no retry
+                raise
             except _Retry as e:
                 why = str(e)
             except urllib.error.URLError as e:
@@ -201,6 +203,10 @@ def fetch(
                 raise DownloadError(f"cannot download {url}: {why}{tries}; rerun to resume")
             sleep(min(backoff * 2**attempt, 60.0))
         os.fsync(fd)
+    except BaseException:
+        if os.fstat(fd).st_size == 0:  # nothing to resume from
+            os.unlink(part)
+        raise
     finally:
         os.close(fd)
     os.replace(part, dest)

@@ -78,7 +78,9 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     dtype, released = resolve_precision(args.precision)
     plans = plan_levels(config, args.seconds, args.batch, dtype, released, device, xla=args.xla)
     if args.json:
-        print(json.dumps({"levels": [p.as_dict() for p in plans], "device_memory": device, "precision": args.precision}))
+        print(
+            json.dumps({"levels": [p.as_dict() for p in plans], "device_memory": device, "precision": args.precision})
+        )
     else:
         print(format_plan(plans, device, args.batch))
 
@@ -99,7 +101,9 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=None, help="rows to sample (default: as many as fit)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    p.add_argument("--device-memory", default=None, metavar="SIZE", help="per device, e.g. 16GiB (default: this device's)")
+    p.add_argument(
+        "--device-memory", default=None, metavar="SIZE", help="per device, e.g. 16GiB (default: this device's)"
+    )
     p.add_argument("--xla", action="store_true", help="also compile each level's window and report XLA's count")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd_plan)

@@ -70,7 +70,9 @@ def release_files(model: str, mirror: str | None = None) -> list[RemoteFile]:
         RemoteFile(base + f"{model}/prior_level_2.pth.tar", "prior_level_2.pth.tar"),
     ]
     version = _LABEL_VERSION[model]
-    files += [RemoteFile(ids + f"{version}_{kind}_ids.txt", f"ids/{version}_{kind}_ids.txt") for kind in ("artist", "genre")]
+    files += [
+        RemoteFile(ids + f"{version}_{kind}_ids.txt", f"ids/{version}_{kind}_ids.txt") for kind in ("artist", "genre")
+    ]
     return files
 
 

@@ -352,7 +352,9 @@ def compiled_window_bytes(
 
     params = jax.tree_util.tree_map_with_path(abstract, abstract_prior_params(config))
     y = jax.ShapeDtypeStruct((rows, config.y_length), jnp.int32) if config.labels else None
-    upper = jax.ShapeDtypeStruct((rows, config.n_ctx // config.cond_downsample), jnp.int32) if config.is_upsampler else None
+    upper = (
+        jax.ShapeDtypeStruct((rows, config.n_ctx // config.cond_downsample), jnp.int32) if config.is_upsampler else None
+    )
     cond = jax.eval_shape(lambda p, y, u: condition(module, p, y, u), params, y, upper)
     tokens = jax.ShapeDtypeStruct((rows, config.total_ctx), jnp.int32)
     cache = jax.eval_shape(lambda: module.init_cache(rows))
@@ -364,7 +366,7 @@ def compiled_window_bytes(
         state = jax.eval_shape(lambda *a: WindowSampler.prefill(sampler, *a), params, cond, tokens, n, cache, key)
         sampling = jax.eval_shape(lambda: SamplingParams.make())
         sample = WindowSampler.sample.lower(sampler, params, cond, state, n, sampling)
-        analyses = [p.compile().memory_analysis() for p in (prefill, sample)]
+        analyses: list[Any] = [p.compile().memory_analysis() for p in (prefill, sample)]
     except NotImplementedError:
         return None
     if any(m is None for m in analyses):

@@ -41,7 +41,9 @@ def run_lock(run_dir: Any) -> Iterator[Path]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunLockError(f"{run_dir} is being written by another process (wait for it or pick another --out)") from None
+                raise RunLockError(
+                    f"{run_dir} is being written by another process (wait for it or pick another --out)"
+                ) from None
         yield run_dir
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -202,9 +202,8 @@ def test_an_existing_file_is_not_fetched_again(server, tmp_path):
 def official_demo(tmp_path_factory):
     """The bundled demo model as official files (export) and v2 id lists made from its vocab."""
     pytest.importorskip("torch")
-    from jukebox_flax_convert.export import export
-
     from jukebox_flax.sampling.command import default_model
+    from jukebox_flax_convert.export import export
 
     out = tmp_path_factory.mktemp("official")
     export(default_model(), out)

@@ -14,10 +14,9 @@ try:
 except Exception as e:  # an optional test dependency (pip install jukebox-infer==0.1.2 librosa)
     pytest.skip(f"jukebox-infer is not installed: {e}", allow_module_level=True)
 
-from jukebox_flax_convert.export import export  # noqa: E402
-
 from jukebox_flax.prior.api import load_prior  # noqa: E402
 from jukebox_flax.sampling.command import default_model  # noqa: E402
+from jukebox_flax_convert.export import export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,9 @@ def test_jukebox_infer_loads_the_export_and_agrees(exported, level, monkeypatch)
     y[:, 3] = [1, 2]
     y[:, 4] = [1, 3]
     upper = rng.integers(0, c.bins, (2, c.n_ctx // c.cond_downsample)) if c.is_upsampler else None
-    want = np.asarray(ours.logits(z.astype(np.int32), y=y.astype(np.int32), upper=None if upper is None else upper.astype(np.int32)))
+    want = np.asarray(
+        ours.logits(z.astype(np.int32), y=y.astype(np.int32), upper=None if upper is None else upper.astype(np.int32))
+    )
     with torch.no_grad():
         z_conds = [torch.from_numpy(upper)] if upper is not None else []
         _, metrics = theirs.z_forward(torch.from_numpy(z), z_conds, torch.from_numpy(y), get_preds=True)

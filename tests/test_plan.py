@@ -86,7 +86,15 @@ def test_cli_plan_json_and_table(capsys):
     assert main(["plan", "--preset", "1b_lyrics", "--seconds", "30", "--precision", "float16",
                  "--device-memory", "24GiB", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
-    keys = {"level", "params_bytes", "kv_bytes_per_row", "activation_bytes_per_row", "rows_per_call", "peak_bytes", "fits"}
+    keys = {
+        "level",
+        "params_bytes",
+        "kv_bytes_per_row",
+        "activation_bytes_per_row",
+        "rows_per_call",
+        "peak_bytes",
+        "fits",
+    }
     assert [lv["level"] for lv in out["levels"]] == [2, 1, 0]
     for lv in out["levels"]:
         assert keys <= set(lv) and lv["fits"] is True and lv["rows_per_call"] >= 16

@@ -20,6 +20,8 @@ __all__ = ["vqvae_config_from_hps", "prior_config_from_hps", "hps_from_config", 
 # The original hparams.py DEFAULTS that its make_vqvae / make_prior read (values as there), so an
 # exported checkpoint's hps build the model without keys filled by hand.
 ORIGINAL_DEFAULTS: dict[str, Any] = dict(
+    train=False,
+    prior=False,
     restore_vqvae="",
     restore_prior="",
     sr=44100,

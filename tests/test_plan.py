@@ -111,6 +111,7 @@ def test_format_plan_one_line_per_level():
     assert "16.0 GiB" in text and text.count("yes") == 3
 
 
+@pytest.mark.slow  # compiles the window programs of three priors
 def test_plan_of_a_model_directory_and_xla_count(capsys):
     """The bundled demo model (config only) and XLA's compiled count of its windows on CPU:
     the shape-based peak bounds it from above, within 4x."""

@@ -15,7 +15,42 @@ from typing import Any
 from jukebox_flax.config import LyricEncoderConfig, PriorConfig, VQVAEConfig
 from jukebox_flax.errors import ConvertError
 
-__all__ = ["vqvae_config_from_hps", "prior_config_from_hps", "hps_from_config"]
+__all__ = ["vqvae_config_from_hps", "prior_config_from_hps", "hps_from_config", "ORIGINAL_DEFAULTS"]
+
+# The original hparams.py DEFAULTS that its make_vqvae / make_prior read (values as there), so an
+# exported checkpoint's hps build the model without keys filled by hand.
+ORIGINAL_DEFAULTS: dict[str, Any] = dict(
+    train=False,
+    prior=False,
+    restore_vqvae="",
+    restore_prior="",
+    sr=44100,
+    sample_length=0,
+    sample_length_in_seconds=24,
+    total_sample_length_in_seconds=240,
+    use_bottleneck=True,
+    attn_dropout=0.0,
+    resid_dropout=0.0,
+    emb_dropout=0.0,
+    pos_init=False,
+    c_res=0,
+    c_attn=0,
+    c_mlp=0,
+    copy_input=False,
+    cond_c_res=0,
+    prime_spread=None,
+    prime_attn_dropout=0.0,
+    prime_resid_dropout=0.0,
+    prime_emb_dropout=0.0,
+    prime_pos_init=False,
+    prime_c_res=0,
+    prime_c_attn=0,
+    prime_c_mlp=0,
+    fp16=False,
+    cond_levels=None,
+    t_ranges=None,
+    y_cond_as_bias=False,
+)
 
 
 def vqvae_config_from_hps(hps: Mapping[str, Any]) -> VQVAEConfig:
@@ -130,6 +165,7 @@ def hps_from_config(config: Any, vqvae: VQVAEConfig | None = None) -> dict:
     if isinstance(config, VQVAEConfig):
         v = config
         return dict(
+            ORIGINAL_DEFAULTS,
             levels=v.levels,
             downs_t=list(v.downs_t),
             strides_t=list(v.strides_t),
@@ -223,4 +259,6 @@ def hps_from_config(config: Any, vqvae: VQVAEConfig | None = None) -> dict:
             prime_zero_out=e.zero_out,
             prime_res_scale=e.res_scale,
         )
+    if c.is_upsampler:
+        hps["cond_c_res"] = 1  # export writes the conditioner's res blocks as `.blocks.` (checkpoint_res=1)
     return hps

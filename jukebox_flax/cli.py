@@ -65,6 +65,57 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     run_embed(args)
 
 
+def _cmd_download(args: argparse.Namespace) -> None:
+    from .download import download_model
+
+    out = download_model(args.model, args.dir, mirror=args.mirror, convert_to=args.convert)
+    print(f"wrote {out}")
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    import json
+
+    from .checkpoint import load_config
+    from .config import preset
+    from .memory import device_memory_bytes, format_plan, parse_size, plan_levels
+    from .precision import resolve_precision
+
+    config = load_config(args.model) if args.model else preset(args.preset)
+    device = parse_size(args.device_memory) if args.device_memory else device_memory_bytes()
+    dtype, released = resolve_precision(args.precision)
+    plans = plan_levels(config, args.seconds, args.batch, dtype, released, device, xla=args.xla)
+    if args.json:
+        print(
+            json.dumps({"levels": [p.as_dict() for p in plans], "device_memory": device, "precision": args.precision})
+        )
+    else:
+        print(format_plan(plans, device, args.batch))
+
+
+def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
+    """``download`` and ``plan``: getting the released weights and sizing a machine for them."""
+    p = sub.add_parser("download", help="download the released weights and id lists (resumable)")
+    p.add_argument("model", choices=("1b_lyrics", "5b", "5b_lyrics"))
+    p.add_argument("dir", help="folder for the official files (DIR/*.pth.tar, DIR/ids/)")
+    p.add_argument("--convert", metavar="OUT", default=None, help="then convert them into the model directory OUT")
+    p.add_argument("--mirror", metavar="URL", default=None, help="a mirror with the same relative paths")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("plan", help="device memory per level for sampling, from shapes alone (no weights)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", default=None, help="a model directory (only its config is read)")
+    src.add_argument("--preset", default=None, help="a released configuration (1b_lyrics, 5b, 5b_lyrics, ...)")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--batch", type=int, default=None, help="rows to sample (default: as many as fit)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    p.add_argument(
+        "--device-memory", default=None, metavar="SIZE", help="per device, e.g. 16GiB (default: this device's)"
+    )
+    p.add_argument("--xla", action="store_true", help="also compile each level's window and report XLA's count")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -152,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("audio", nargs="+", help="audio files (anything libsndfile reads)")
     p.set_defaults(func=_cmd_embed)
+    _add_model_parsers(sub)
     return parser
 
 

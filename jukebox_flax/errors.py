@@ -25,6 +25,8 @@ __all__ = [
     "StateDictError",
     "PriorKeyError",
     "VQVAEKeyError",
+    "DownloadError",
+    "RunLockError",
 ]
 
 
@@ -97,3 +99,11 @@ class StateDictError(JukeboxError, KeyError, ValueError):
 # The key mappings of convert/ named their mismatch errors per component.
 PriorKeyError = StateDictError
 VQVAEKeyError = StateDictError
+
+
+class DownloadError(JukeboxError, OSError):
+    """A file that cannot be downloaded (not found, refused, timed out, truncated)."""
+
+
+class RunLockError(JukeboxError, OSError):
+    """A run directory that another process is writing."""

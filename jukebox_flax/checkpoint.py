@@ -462,7 +462,8 @@ def load_params(
 ) -> Any:
     """Restore the params of a component directory.
 
-    Arrays are restored straight into ``dtype`` (when given) and into the sharding returned by
+    Arrays are restored straight into ``dtype`` (when given; or ``dtype(path_tuple, stored_dtype)``
+    per leaf, for mixed layouts such as the released fp16 one) and into the sharding returned by
     ``sharding(path_tuple, shape)`` (when given), so no full-precision host copy is made.
     ``expected`` (a pytree of arrays or ShapeDtypeStructs, e.g. from ``jax.eval_shape`` of the
     module's init) is checked against the stored tree: a missing, extra or mis-shaped entry is an
@@ -479,7 +480,9 @@ def load_params(
             shard = sharding(path_names(keypath), tuple(m.shape)) if sharding is not None else None
             if shard is None:
                 shard = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            return jax.ShapeDtypeStruct(tuple(m.shape), dtype or m.dtype, sharding=shard)
+            per_leaf = callable(dtype) and not isinstance(dtype, type)  # jnp.float16 etc. are classes
+            want = dtype(path_names(keypath), m.dtype) if per_leaf else dtype
+            return jax.ShapeDtypeStruct(tuple(m.shape), want or m.dtype, sharding=shard)
 
         abstract = jax.tree_util.tree_map_with_path(target, meta)
         try:

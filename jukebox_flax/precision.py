@@ -20,18 +20,14 @@ float32 checkpoint never has a full float32 copy on the device.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
-from .checkpoint import PARAMS_DIR, check_tree, component_dir, load_config, load_vocab, param_metadata
-from .config import JukeboxConfig, PriorConfig
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .prior.api import Prior, load_prior
-from .prior.prior import JukeboxPrior, abstract_prior_params, unroll_layers
+from .prior.prior import JukeboxPrior, released_dtype
 from .tree import path_names
 
 __all__ = ["PRECISIONS", "resolve_precision", "cast_params", "with_precision", "load_prior_at"]
@@ -39,20 +35,14 @@ __all__ = ["PRECISIONS", "resolve_precision", "cast_params", "with_precision", "
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
-def _is_transformer_kernel(names: tuple[str, ...]) -> bool:
-    return "transformer" in names and names[-1] == "kernel"
-
-
 def cast_params(params: Any, dtype: Any, released: bool = False) -> Any:
     """Floating params cast to ``dtype``; ``released=True`` casts only the transformers' matmul
-    kernels (the original ``fp16_params``: biases, embeddings, LayerNorms, heads and conditioners
-    stay float32)."""
+    kernels (``prior.released_dtype``: the original ``fp16_params``)."""
 
     def one(keypath, x):
-        names = path_names(keypath)
-        if not jnp.issubdtype(x.dtype, jnp.floating) or (released and not _is_transformer_kernel(names)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
             return x
-        return x.astype(dtype)
+        return x.astype(released_dtype(path_names(keypath), x.dtype, dtype) if released else dtype)
 
     return jax.tree_util.tree_map_with_path(one, params)
 
@@ -82,50 +72,10 @@ def resolve_precision(name: str, platform: str | None = None) -> tuple[Any, bool
     return (jnp.bfloat16 if name == "bfloat16" else jnp.float32), False
 
 
-def _restore_released(sub: Path, config: PriorConfig, dtype: Any) -> Any:
-    """Params restored with the transformer kernels in ``dtype`` and every other float in float32
-    (Orbax casts leaf by leaf while reading, so no float32 copy of the kernels is made)."""
-    meta = param_metadata(sub)
-    check_tree(meta, abstract_prior_params(config), where=str(sub))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def target(keypath, m):
-        want = m.dtype
-        if jnp.issubdtype(m.dtype, jnp.floating):
-            want = dtype if _is_transformer_kernel(path_names(keypath)) else jnp.float32
-        return jax.ShapeDtypeStruct(tuple(m.shape), want, sharding=device)
-
-    ckpt = sub.absolute() / PARAMS_DIR
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            return ckptr.restore(ckpt, jax.tree_util.tree_map_with_path(target, meta))
-        except Exception as e:
-            raise CheckpointError(f"cannot restore the checkpoint in {ckpt}: {e}") from None
-
-
 def load_prior_at(
     path: Any, precision: str = "auto", level: int | None = None, platform: str | None = None, scan_layers: bool = True
 ) -> Prior:
     """``load_prior(path, level)`` computing at ``precision`` (see :func:`resolve_precision`), its
     params read from Orbax straight into their dtypes (for ``released``: per leaf)."""
     dtype, released = resolve_precision(precision, platform)
-    if not released:
-        return load_prior(path, level, dtype=dtype, scan_layers=scan_layers)
-    config = load_config(path)
-    if isinstance(config, JukeboxConfig):
-        level = len(config.priors) - 1 if level is None else level
-        if not 0 <= level < len(config.priors):
-            raise CheckpointError(f"{path} has prior levels 0..{len(config.priors) - 1}, not {level}")
-        sub = component_dir(path, f"prior_level_{level}")
-        config = load_config(sub)
-    else:
-        sub = Path(path)
-    if not isinstance(config, PriorConfig):
-        raise CheckpointError(f"{sub} holds a {type(config).__name__}, not a prior")
-    if level is not None and config.level != level:
-        raise CheckpointError(f"{sub} holds the level-{config.level} prior, not level {level}")
-    params = _restore_released(sub, config, dtype)
-    if not scan_layers:
-        params = jax.jit(unroll_layers)(params)
-    module = JukeboxPrior(config, dtype=dtype, param_dtype=jnp.float32, scan_layers=scan_layers)
-    return Prior(config=config, params=params, module=module, vocab=load_vocab(sub))
+    return load_prior(path, level, dtype=dtype, released=released, scan_layers=scan_layers)

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..checkpoint import CheckpointError, component_dir, load_config, load_params, load_vocab
@@ -34,6 +35,7 @@ from .prior import (
     abstract_prior_params,
     init_prior_params,
     prior_param_axes,
+    released_dtype,
     unroll_layers,
 )
 
@@ -219,13 +221,21 @@ class Prior:
 
 
 def load_prior(
-    path: PathLike, level: int | None = None, dtype: Any = None, *, mesh: Any = None, scan_layers: bool = True
+    path: PathLike,
+    level: int | None = None,
+    dtype: Any = None,
+    *,
+    released: bool = False,
+    mesh: Any = None,
+    scan_layers: bool = True,
 ) -> Prior:
     """Load a prior from a prior directory, or from a whole-model directory (``level``: 0 = finest,
     default the top level).
 
     ``dtype`` casts the params on restore (e.g. jnp.bfloat16) and the module then computes in it
-    (float32 LayerNorm, softmax and logits; see ``precision.py``). ``mesh`` (``sharding.make_mesh``):
+    (float32 LayerNorm, softmax and logits; see ``precision.py``). ``released=True``: only the
+    transformers' matmul kernels are restored in ``dtype``, every other float in float32 (the
+    released models' fp16 layout, read leaf by leaf: no float32 copy of the kernels). ``mesh`` (``sharding.make_mesh``):
     Orbax restores every param straight into its shard by the sharding rules (no full host copy).
     ``scan_layers=False``: the layers unrolled once (``unroll_layers``), for sampling: a decode step
     then reads every layer's weights in place instead of copying them out of the scan stacks.
@@ -242,13 +252,16 @@ def load_prior(
     if level is not None and config.level != level:
         raise CheckpointError(f"{sub} holds the level-{config.level} prior, not level {level}")
     sharding = None if mesh is None else checkpoint_sharding(mesh, prior_param_axes(config))
-    params = load_params(sub, dtype=dtype, sharding=sharding, expected=abstract_prior_params(config))
+    leaf_dtype = dtype
+    if released and dtype is not None:
+        leaf_dtype = lambda names, stored: released_dtype(names, stored, dtype)  # noqa: E731
+    params = load_params(sub, dtype=leaf_dtype, sharding=sharding, expected=abstract_prior_params(config))
     if not scan_layers:
         shardings = None
         if mesh is not None:
             unrolled = abstract_prior_params(config, scan_layers=False)
             shardings = param_shardings(unrolled, mesh, prior_param_axes(config, False))
         params = jax.jit(unroll_layers, out_shardings=shardings)(params)
-    dtypes = {} if dtype is None else {"dtype": dtype, "param_dtype": dtype}
+    dtypes = {} if dtype is None else {"dtype": dtype, "param_dtype": jnp.float32 if released else dtype}
     module = JukeboxPrior(config, scan_layers=scan_layers, **dtypes)
     return Prior(config=config, params=params, module=module, vocab=load_vocab(sub))

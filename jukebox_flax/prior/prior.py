@@ -61,6 +61,7 @@ __all__ = [
     "dummy_inputs",
     "init_prior_params",
     "abstract_prior_params",
+    "released_dtype",
     "prior_param_axes",
     "unroll_layers",
     "stack_layers",
@@ -89,6 +90,15 @@ def dummy_inputs(config: PriorConfig, batch: int = 1) -> tuple[Array, Array | No
 
 
 _TRANSFORMERS = ("prior", "lyric_encoder")  # the Autoregressive submodules of a JukeboxPrior
+
+
+def released_dtype(names: tuple[str, ...], stored: Any, dtype: Any) -> Any:
+    """The dtype of the param at ``names`` in the released models' half-precision layout (the
+    original ``fp16_params``): ``dtype`` for the transformers' matmul kernels, float32 for every
+    other float (biases, embeddings, LayerNorms, heads, conditioners); non-floats as stored."""
+    if not jnp.issubdtype(stored, jnp.floating):
+        return stored
+    return dtype if "transformer" in names and names[-1] == "kernel" else jnp.float32
 
 
 def unroll_layers(params: dict) -> dict:

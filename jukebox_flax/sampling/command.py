@@ -285,13 +285,17 @@ def _load_prime(args: argparse.Namespace, config: JukeboxConfig, batch: int, sam
     return np.stack([audios[files[i % len(files)]][:n] for i in range(batch)]).astype(np.float32)
 
 
-def _open_run(out: Path, record: dict, resume: bool) -> None:
+def _open_run(out: Path, record: dict, resume: bool, config: JukeboxConfig, sample_length: int) -> None:
+    """Refuse to overwrite a run that sampled something; on ``--resume`` check its arguments and
+    every saved codes array against this request (before any model is loaded)."""
     run = RunDir(out)
     if resume:
         saved = run.read_args()
         diff = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
         if diff:
             raise SamplingError(f"cannot resume {out}: it was started with other arguments ({', '.join(diff)})")
+        totals = [sample_length // hop for hop in config.vqvae.hop_lengths]
+        run.load_codes(int(record["batch"]), len(config.priors), totals=totals, bins=config.vqvae.l_bins)
     elif run.exists() and run.has_progress():
         raise SamplingError(f"{out} already holds a sampling run: pass --resume to continue it, or another --out")
 
@@ -357,7 +361,7 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
         settings,
     )
     out = Path(args.out)
-    _open_run(out, record, args.resume)
+    _open_run(out, record, args.resume, config, sample_length)
     return SamplePlan(
         model=model,
         config=config,
@@ -462,7 +466,7 @@ def _plan_derived(args: argparse.Namespace, mode: str) -> SamplePlan:
         settings,
     )
     out = Path(args.out)
-    _open_run(out, record, args.resume)
+    _open_run(out, record, args.resume, config, sample_length)
     return SamplePlan(
         model=Path(model),
         config=config,

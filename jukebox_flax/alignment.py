@@ -46,6 +46,7 @@ __all__ = [
     "save_alignment",
     "load_alignment",
     "write_run_alignment",
+    "run_align",
 ]
 
 ALIGNMENT_FILE = "alignment.npz"
@@ -60,7 +61,7 @@ def _window_weights(module: JukeboxPrior, params: Any, tokens: Any, y: Any, laye
 
     Only that layer's weights leave the jitted function, so XLA drops the output head, the layers
     after it and every other layer's weights."""
-    _, weights = module.apply({"params": params}, tokens, y, None, method=JukeboxPrior.attention_weights)
+    weights: Any = module.apply({"params": params}, tokens, y, None, method=JukeboxPrior.attention_weights)[1]
     return weights[layer][:, head].astype(jnp.float32)
 
 
@@ -134,7 +135,8 @@ def get_alignment(
     starts = get_starts(length, c.n_ctx, hop)
     rows = batch if max_batch is None else max(1, int(max_batch))
 
-    hops, indices = {}, {}
+    hops: dict[int, Any] = {}
+    indices: dict[int, list[list[int]]] = {}
     for start in starts:
         wy = window_y(y, full_tokens, c.n_tokens, start, c.hop_length, c.sample_length)
         # the lyric positions each slot of this window's y holds (-1: padding), as the original get_y
@@ -149,13 +151,13 @@ def get_alignment(
             for lo in range(0, batch, rows)
         ]
         hops[start] = parts  # device arrays: fetched once, after every window is queued
-    hops = {start: np.concatenate([np.asarray(p) for p in parts]) for start, parts in jax.device_get(hops).items()}
+    fetched = {start: np.concatenate([np.asarray(p) for p in parts]) for start, parts in jax.device_get(hops).items()}
 
     alignments = []
     for item, tokens in enumerate(full_tokens):
         out = np.zeros((length, len(tokens) + 1), np.float32)  # + 1: where the padding slots (-1) write
         for start in reversed(starts):
-            out[start : start + c.n_ctx, indices[start][item]] = hops[start][item]
+            out[start : start + c.n_ctx, indices[start][item]] = fetched[start][item]
         alignments.append(out[: length - padding, :-1])
     return alignments
 
@@ -164,7 +166,8 @@ def save_alignment(run_dir: PathLike, arrays: Sequence[np.ndarray]) -> Path:
     """Write ``run_dir/alignment.npz`` (``item_<i>``: float32 [tokens, lyric tokens]) atomically."""
     path = Path(run_dir) / ALIGNMENT_FILE
     buf = io.BytesIO()
-    np.savez(buf, **{f"item_{i}": np.asarray(a, np.float32) for i, a in enumerate(arrays)})
+    items: dict[str, Any] = {f"item_{i}": np.asarray(a, np.float32) for i, a in enumerate(arrays)}
+    np.savez(buf, **items)
     with atomic_write(path) as f:
         f.write(buf.getvalue())
     return path
@@ -195,3 +198,27 @@ def write_run_alignment(
     if c.lyrics == "none" or c.is_upsampler or labels is None or labels.y is None:
         return None
     return save_alignment(run_dir, get_alignment(prior, z, labels, hop_fraction, layer, head))
+
+
+def run_align(args: Any) -> Path:
+    """``jukebox-flax align SRC [--model DIR] [--layer L] [--head H] [--hop-fraction F F F] [--out DIR]``:
+    the alignment of SRC's top-level codes, written to ``DIR/alignment.npz`` (default: SRC's run)."""
+    from .prior.api import load_prior
+    from .sampling.sources import level_labels, load_source
+
+    source = load_source(args.src, getattr(args, "model", None))
+    top = len(source.config.priors) - 1
+    config = source.config.priors[top]
+    layer, head = alignment_settings(config, args.layer, args.head)  # before any model is loaded
+    hop_fraction = tuple(args.hop_fraction) if args.hop_fraction else tuple(source.hop_fraction)
+    if len(hop_fraction) != len(source.config.priors):
+        raise SamplingError(f"give one --hop-fraction per level ({len(source.config.priors)}), got {len(hop_fraction)}")
+    z = source.zs[top]
+    if z.shape[1] == 0:
+        raise SamplingError(f"{args.src} holds no top-level codes")
+    labels = level_labels(source.config, source.model, source.metas, source.total_length, top)
+    if labels is None:
+        raise SamplingError(f"{args.src} has no labels for the top level")
+    out = Path(args.out) if args.out else (source.path if source.path.is_dir() else source.path.parent)
+    prior = load_prior(source.model, level=top, scan_layers=False)
+    return save_alignment(out, get_alignment(prior, z, labels, hop_fraction, layer, head))

@@ -165,6 +165,12 @@ def _cmd_embed(args: argparse.Namespace) -> None:
     run_embed(args)
 
 
+def _cmd_align(args: argparse.Namespace) -> None:
+    from .alignment import run_align
+
+    print(f"wrote {run_align(args)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -234,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("audio", nargs="+", help="audio files (anything libsndfile reads)")
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("align", help="lyric alignment of a run's top-level codes (alignment.npz)")
+    p.add_argument("src", help="a run directory, a codes.npz or the original's data.pth.tar")
+    p.add_argument("--model", default=None, help="a whole-model directory (default: the one SRC used)")
+    p.add_argument("--layer", type=int, default=None, help="attention layer (default: the model's alignment_layer)")
+    p.add_argument("--head", type=int, default=None, help="attention head (default: the model's alignment_head)")
+    p.add_argument("--hop-fraction", type=float, nargs="+", default=None, help="one per level, level 0 first")
+    p.add_argument("--out", default=None, help="directory for alignment.npz (default: the run SRC)")
+    p.set_defaults(func=_cmd_align)
     return parser
 
 

@@ -107,7 +107,9 @@ def test_combine_keeps_the_originals_quirks(monkeypatch):
             if n < n_tok:
                 idx = [-1] * (n_tok - n) + list(range(n))
             else:
-                mid = int(np.float32(n) * (np.float32(wy[item, 1]) + np.float32(wy[item, 2]) / 2) / np.float32(wy[item, 0]))
+                mid = int(
+                    np.float32(n) * (np.float32(wy[item, 1]) + np.float32(wy[item, 2]) / 2) / np.float32(wy[item, 0])
+                )
                 mid = min(max(mid, n_tok // 2), n - n_tok // 2)
                 idx = list(range(mid - n_tok // 2, mid + n_tok // 2))
             ref[start : start + n_ctx, idx] = w[item]
@@ -133,3 +135,20 @@ def test_save_and_load_alignment(tmp_path):
     np.testing.assert_array_equal(back[0], arrays[0])
     assert back[1].shape == (3, 0)
     assert load_alignment(tmp_path / "nothing") is None
+
+
+def test_align_command_errors(tmp_path, capsys):
+    from jukebox_flax.cli import main
+    from jukebox_flax.sampling.command import default_model
+
+    assert main(["align", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # a run of the bundled demo model, whose top prior has no lyrics
+    record = dict(model=str(default_model()), artist="Ben High", genre="chiptune", lyrics="", seconds=0.75, batch=1)
+    (tmp_path / "run.json").write_text(__import__("json").dumps(record))
+    (tmp_path / "codes").mkdir()
+    for level, n in ((0, 4096), (1, 1024), (2, 256)):
+        np.save(tmp_path / "codes" / f"level_{level}.npy", np.zeros((1, n), np.int32))
+    assert main(["align", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not conditioned on lyrics" in err, err

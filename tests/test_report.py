@@ -163,7 +163,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1300"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1100,1300",
+    ):
         options.add_argument(arg)
     options.add_argument("--autoplay-policy=no-user-gesture-required")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
@@ -220,14 +226,16 @@ def test_page_in_browser(browser, synthetic_run, tmp_path):
             want = len(text[: char + 1].split()) - 1 if char >= 0 else -1
             if want >= 0 and text[char].isspace():
                 want = len(text[:char].split()) - 1
-            browser.execute_script(
-                f"document.querySelector('#item-{item} audio[data-top]').currentTime = {seconds}"
-            )
+            browser.execute_script(f"document.querySelector('#item-{item} audio[data-top]').currentTime = {seconds}")
             got = _wait(
-                browser, f"const s = document.querySelector('#item-{item}'); return s.dataset.sung === '{want}' && s.dataset.sung"
+                browser,
+                f"const s = document.querySelector('#item-{item}');"
+                f" return s.dataset.sung === '{want}' && s.dataset.sung",
             )
             assert got == str(want), (item, token, got, want)
-            sung = browser.execute_script(f"return Array.from(document.querySelectorAll('#item-{item} .word.sung')).map(w => w.textContent)")
+            sung = browser.execute_script(
+                f"return Array.from(document.querySelectorAll('#item-{item} .word.sung')).map(w => w.textContent)"
+            )
             assert sung == ([words[want]] if want >= 0 else []), (item, token)
 
     # the failed-request check does see a failure

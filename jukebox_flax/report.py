@@ -232,9 +232,14 @@ _SCRIPT = """
       if (head) head.style.left = (100 * t / row.tokens) + '%';
     }
     section.querySelectorAll('audio').forEach(function (audio) {
-      ['timeupdate', 'seeked', 'seeking'].forEach(function (e) { audio.addEventListener(e, function () { show(audio); }); });
+      ['timeupdate', 'seeked', 'seeking'].forEach(function (e) {
+        audio.addEventListener(e, function () { show(audio); });
+      });
       audio.addEventListener('play', function () {
-        (function tick() { show(audio); if (!audio.paused) requestAnimationFrame(tick); })();
+        (function tick() {
+          show(audio);
+          if (!audio.paused) requestAnimationFrame(tick);
+        })();
       });
     });
   });

@@ -22,7 +22,8 @@ from . import __version__
 from .embed import run_embed
 from .errors import JukeboxError
 from .info import describe
-from .sampling.command import run_sample
+from .sampling.command import run_continue, run_sample, run_upsample
+from .sampling.song import LevelSettings
 from .vqvae.api import decode_file, encode_file
 
 
@@ -52,6 +53,112 @@ def _cmd_decode(args: argparse.Namespace) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     run_sample(args)
+
+
+def _cmd_continue(args: argparse.Namespace) -> None:
+    run_continue(args)
+
+
+def _cmd_upsample(args: argparse.Namespace) -> None:
+    run_upsample(args)
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, levels_help: str) -> None:
+    """The flags that say how levels are sampled, shared by sample / continue / upsample."""
+    p.add_argument("--temperature", type=float, nargs="+", default=None, help=f"one value, or one per {levels_help}")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.0)
+    p.add_argument(
+        "--hop-fraction",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="F",
+        help="window advance per level as a fraction of its context, level 0 (the finest) first "
+        "(the original's hop_fraction; default the model's, 0.5 0.5 0.125 for the released ones)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=None, metavar="N", help="rows per prior call (default: what memory holds)"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=LevelSettings().chunk_size,
+        metavar="N",
+        help=f"prime tokens per transformer call (default {LevelSettings().chunk_size})",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+
+_TOTAL_HELP = (
+    "the song length the labels (timing signal, lyric pacing) assume, the original's "
+    "total_sample_length_in_seconds; default 240 s, or its min_duration for a model whose longest "
+    "training song (max_duration) is not beyond 240 s; never less than --seconds"
+)
+_LABEL_SOURCE = " (default: SRC's)"
+
+
+def _add_sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="sample a song")
+    p.add_argument("--model", default=None, help="a whole-model directory (default: the bundled demo model)")
+    p.add_argument("--artist", default="unknown")
+    p.add_argument("--genre", default="unknown", help="NAME[,NAME...]")
+    p.add_argument("--lyrics", default="", help="TEXT, or @FILE to read it from a file")
+    p.add_argument(
+        "--metas",
+        default=None,
+        help="JSON list or JSON lines of {artist, genre, lyrics}, one per row, "
+        "cycled over --batch (the original's metas; replaces --artist/--genre/--lyrics)",
+    )
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--total-seconds", type=float, default=None, help=_TOTAL_HELP)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--levels", type=int, default=None, help="how many levels to sample, from the top (default all)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="0..2**63-1")
+    p.add_argument(
+        "--prime", default=None, metavar="A[,B...]", help="audio file(s) to continue, one per row, cycled over --batch"
+    )
+    p.add_argument("--prompt-seconds", type=float, default=None, help="use only the first S seconds of --prime")
+    _add_sampling_flags(p, "level from the top")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _add_derived_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="a run directory, a codes .npz, or the original sample.py's data.pth.tar")
+    p.add_argument("--rows", default=None, metavar="I[,J...]", help="rows of SRC to use (default all)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a whole-model directory (default: the model SRC was sampled with; needed for a data.pth.tar)",
+    )
+    p.add_argument("--out", required=True, help="output directory (a new run)")
+    p.add_argument("--artist", default=None, help="override every row's artist" + _LABEL_SOURCE)
+    p.add_argument("--genre", default=None, help="override every row's genre" + _LABEL_SOURCE)
+    p.add_argument("--lyrics", default=None, help="override every row's lyrics: TEXT or @FILE" + _LABEL_SOURCE)
+    p.add_argument("--metas", default=None, help="JSON list or JSON lines of {artist, genre, lyrics}, one per row")
+    p.add_argument("--seed", type=int, default=None, help="0..2**63-1 (default: SRC's seed, else 0)")
+
+
+def _add_continue_parser(sub) -> None:
+    p = sub.add_parser("continue", help="extend the chosen rows of a run to a longer song (co-composition)")
+    _add_derived_common(p)
+    p.add_argument("--seconds", type=float, required=True, help="the new length, at every level SRC holds")
+    p.add_argument("--batch", type=int, default=None, help="new rows: the chosen rows repeated (default one each)")
+    p.add_argument("--prompt-seconds", type=float, default=None, help="keep only the first S seconds of SRC")
+    p.add_argument(
+        "--total-seconds", type=float, default=None, help="the song length the labels assume (default: SRC's)"
+    )
+    _add_sampling_flags(p, "level continued, from the top")
+    p.set_defaults(func=_cmd_continue)
+
+
+def _add_upsample_parser(sub) -> None:
+    p = sub.add_parser("upsample", help="sample the levels below the top from a run's top-level codes")
+    _add_derived_common(p)
+    p.add_argument("--batch", type=int, default=None, help="new rows: the chosen rows repeated (default one each)")
+    _add_sampling_flags(p, "level below the top, from the top")
+    p.set_defaults(func=_cmd_upsample)
 
 
 def _int_list(text: str) -> list[int]:
@@ -116,6 +223,12 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_plan)
 
 
+def _cmd_align(args: argparse.Namespace) -> None:
+    from .alignment import run_align
+
+    print(f"wrote {run_align(args)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jukebox-flax", description="OpenAI Jukebox in JAX/Flax")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -163,24 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.set_defaults(func=_cmd_decode)
 
-    p = sub.add_parser("sample", help="sample a song")
-    p.add_argument("--model", default=None, help="a whole-model directory (default: the bundled demo model)")
-    p.add_argument("--artist", default="unknown")
-    p.add_argument("--genre", default="unknown", help="NAME[,NAME...]")
-    p.add_argument("--lyrics", default="", help="TEXT, or @FILE to read it from a file")
-    p.add_argument("--seconds", type=float, required=True)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--levels", type=int, default=None, help="how many levels to sample, from the top (default all)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument(
-        "--temperature", type=float, nargs="+", default=None, help="one value, or one per level from the top"
-    )
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prime", default=None, help="audio file to continue")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.set_defaults(func=_cmd_sample)
+    _add_sample_parser(sub)
+    _add_continue_parser(sub)
+    _add_upsample_parser(sub)
 
     p = sub.add_parser("embed", help="one feature vector per audio file from a prior's activations (MIR)")
     p.add_argument("--model", required=True, help="a whole-model directory")
@@ -204,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files (anything libsndfile reads)")
     p.set_defaults(func=_cmd_embed)
     _add_model_parsers(sub)
+
+    p = sub.add_parser("align", help="lyric alignment of a run's top-level codes (alignment.npz)")
+    p.add_argument("src", help="a run directory, a codes.npz or the original's data.pth.tar")
+    p.add_argument("--model", default=None, help="a whole-model directory (default: the one SRC used)")
+    p.add_argument("--layer", type=int, default=None, help="attention layer (default: the model's alignment_layer)")
+    p.add_argument("--head", type=int, default=None, help="attention head (default: the model's alignment_head)")
+    p.add_argument("--hop-fraction", type=float, nargs="+", default=None, help="one per level, level 0 first")
+    p.add_argument("--out", default=None, help="directory for alignment.npz (default: the run SRC)")
+    p.set_defaults(func=_cmd_align)
     return parser
 
 

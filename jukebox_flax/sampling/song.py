@@ -39,6 +39,7 @@ __all__ = [
     "LevelSettings",
     "LevelLabels",
     "window_key",
+    "seed_key",
     "sample_level",
     "sample_song",
     "RunDir",
@@ -67,6 +68,21 @@ class LevelLabels:
 
     y: np.ndarray | None
     full_tokens: Sequence[Sequence[int]] = field(default_factory=list)
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The run's key for an integer seed in 0..2**63-1.
+
+    ``jax.random.key`` keeps only the low 32 bits of a seed (with 64-bit types off), so seeds that
+    differ above them would give the same music; the high 32 bits are folded in when non-zero, which
+    keeps every seed below 2**32 on exactly the key it always had.
+    """
+    seed = int(seed)
+    if not 0 <= seed < 2**63:
+        raise SamplingError(f"seed must be an integer in 0..2**63-1, got {seed}")
+    key = jax.random.key(seed & 0xFFFFFFFF)
+    high = seed >> 32
+    return jax.random.fold_in(key, high) if high else key
 
 
 def window_key(key: jax.Array, level: int, start: int) -> jax.Array:
@@ -288,13 +304,52 @@ class RunDir:
         with atomic_write(self.code_file(level)) as f:
             np.save(f, np.asarray(z, np.int32))
 
-    def load_codes(self, batch: int, levels: int) -> list[np.ndarray]:
-        """Saved codes per level ([B, 0] where none were saved yet)."""
+    def has_progress(self) -> bool:
+        """Whether any window was sampled: a saved level longer than the codes the run started from
+        (``initial_tokens`` in run.json). A run that failed before its first window has none, so the
+        same command may simply start it again."""
+        if not self.exists():
+            return False
+        try:
+            initial = list(json.loads(self.run_file.read_text()).get("initial_tokens") or [])
+        except (OSError, ValueError, AttributeError):
+            return any((self.path / "codes").glob("level_*.npy"))
+        for path in (self.path / "codes").glob("level_*.npy"):
+            try:
+                level = int(path.stem.split("_")[1])
+                length = np.load(path, mmap_mode="r").shape[1]
+            except (OSError, ValueError, IndexError):
+                return True
+            if length > (initial[level] if level < len(initial) else 0):
+                return True
+        return False
+
+    def load_codes(
+        self, batch: int, levels: int, totals: Sequence[int] | None = None, bins: int | None = None
+    ) -> list[np.ndarray]:
+        """Saved codes per level ([B, 0] where none were saved yet), each checked against the run:
+        an integer [batch, T] array, T at most ``totals[level]``, values in ``0..bins - 1``."""
         zs = []
         for level in range(levels):
             path = self.code_file(level)
-            z = np.load(path) if path.is_file() else np.zeros((batch, 0), np.int32)
+            if not path.is_file():
+                zs.append(np.zeros((batch, 0), np.int32))
+                continue
+            try:
+                z = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise SamplingError(f"cannot resume: {path} is not a saved codes array ({e})") from None
             if z.ndim != 2 or z.shape[0] != batch:
-                raise SamplingError(f"{path} holds codes of shape {z.shape}, expected [{batch}, T]")
+                raise SamplingError(f"cannot resume: {path} holds codes of shape {z.shape}, expected [{batch}, T]")
+            if not np.issubdtype(z.dtype, np.integer):
+                raise SamplingError(f"cannot resume: {path} holds {z.dtype} values, not integer codes")
+            if totals is not None and z.shape[1] > totals[level]:
+                raise SamplingError(
+                    f"cannot resume: {path} holds {z.shape[1]} codes, more than level {level}'s {totals[level]}"
+                )
+            if bins is not None and z.size and (z.min() < 0 or z.max() >= bins):
+                raise SamplingError(
+                    f"cannot resume: {path} holds codes {z.min()}..{z.max()}, outside the codebook 0..{bins - 1}"
+                )
             zs.append(z.astype(np.int32))
         return zs

@@ -231,11 +231,13 @@ def _labels(
     ):
         notes.append("no level sampled here is conditioned on lyrics: --lyrics is ignored")
     labels = {level: level_labels(config, model, metas, total, level) for level in levels}
-    if config.priors[-1].has_timing:
+    top = config.priors[-1]
+    if top.has_timing:
         sr = config.vqvae.sr
+        lo, hi = (top.min_duration or 0.0) * sr, (top.max_duration or 0.0) * sr
         for meta in metas:
             t = meta.get("total_length")
-            if t is not None and not config.priors[-1].min_duration * sr <= t < config.priors[-1].max_duration * sr:
+            if t is not None and not lo <= t < hi:
                 raise SamplingError(f"a row's total_length {t} samples is outside what this model was trained on")
     return labels
 

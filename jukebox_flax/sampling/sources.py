@@ -124,7 +124,7 @@ def read_metas(path: PathLike) -> list[dict]:
         unknown = sorted(set(row) - known)
         if unknown:
             raise SamplingError(f"--metas row {i} has unknown keys {unknown} (known: {sorted(known)})")
-        meta = {
+        meta: dict[str, Any] = {
             "artist": str(row.get("artist", "unknown")),
             "genre": str(row.get("genre", "unknown")),
             "lyrics": _lyrics_text(str(row.get("lyrics", "") or ""), path.parent),
@@ -334,7 +334,7 @@ def _original_source(path: Path, model: PathLike | None) -> RunSource:
     y = labelled[-1]["y"] if labelled else None
     metas = []
     for row in range(batch):
-        meta = {k: str(info[row].get(k, "unknown")) for k in ("artist", "genre")}
+        meta: dict[str, Any] = {k: str(info[row].get(k, "unknown")) for k in ("artist", "genre")}
         meta["lyrics"] = str(info[row].get("lyrics", "") or "")
         if y is not None:
             meta["total_length"], meta["offset"] = int(y[row, 0]), int(y[row, 1])
@@ -368,7 +368,7 @@ def _check_original_labels(source: RunSource, labels: list[dict]) -> None:
     for level, label in enumerate(labels):
         ours = level_labels(source.config, source.model, source.metas, source.total_length, level)
         theirs = label["y"]
-        if ours is None or not theirs.shape[1]:
+        if ours is None or ours.y is None or not theirs.shape[1]:
             continue
         if ours.y.shape != theirs.shape or not np.array_equal(ours.y, theirs):
             raise SamplingError(

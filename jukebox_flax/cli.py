@@ -22,6 +22,7 @@ from . import __version__
 from .embed import run_embed
 from .errors import JukeboxError
 from .info import describe
+from .precision import PRECISIONS
 from .sampling.command import run_continue, run_sample, run_upsample
 from .sampling.song import LevelSettings
 from .vqvae.api import decode_file, encode_file
@@ -87,6 +88,14 @@ def _add_sampling_flags(p: argparse.ArgumentParser, levels_help: str) -> None:
         metavar="N",
         help=f"prime tokens per transformer call (default {LevelSettings().chunk_size})",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="float16: the released models' mode (fp16 transformer kernels, fp32 norms, softmax and logits); "
+        "auto: float16 on GPUs, bfloat16 on TPUs, float32 on CPUs",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the memory plan of the levels to sample and stop")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
 
@@ -214,7 +223,7 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--preset", default=None, help="a released configuration (1b_lyrics, 5b, 5b_lyrics, ...)")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--batch", type=int, default=None, help="rows to sample (default: as many as fit)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument(
         "--device-memory", default=None, metavar="SIZE", help="per device, e.g. 16GiB (default: this device's)"
     )
@@ -298,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lyrics", default="", help="TEXT, or @FILE (lyrics priors; default none)")
     p.add_argument("--per-window", action="store_true", help="also save one vector per window")
     p.add_argument("--normalize", action="store_true", help="scale each file to peak 1 first (as jukemirlib)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="the prior's (see sample --help)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("audio", nargs="+", help="audio files (anything libsndfile reads)")
     p.set_defaults(func=_cmd_embed)

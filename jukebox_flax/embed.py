@@ -53,7 +53,7 @@ from .audio import load_audio
 from .checkpoint import component_dir, load_vocab
 from .errors import EmbedError, JukeboxError
 from .labels import UNKNOWN, V2_ALPHABET, V3_ALPHABET, Labeller, window_y
-from .prior.api import load_prior
+from .precision import load_prior_at
 from .prior.prior import JukeboxPrior
 from .vqvae.api import load_vqvae
 
@@ -238,19 +238,21 @@ def embed_files(
     prior: Any = None,
     vqvae: Any = None,
     out: PathLike | None = None,
+    precision: str = "float32",
 ) -> EmbedResult:
     """Embed audio files with a whole model's VQ-VAE and prior (see the module docstring).
 
     ``model``: a whole-model directory (``level`` picks the prior, default the top); or pass loaded
     ``prior`` / ``vqvae`` objects. ``layers``: layer counts 1..depth (36 = after layer 36). Writes
-    ``out`` (.npz) when given. Unreadable files are listed in ``failed`` / ``errors``.
+    ``out`` (.npz) when given. Unreadable files are listed in ``failed`` / ``errors``. ``precision``:
+    the prior's, as ``--precision`` (``precision.resolve_precision``) when it is loaded here.
     """
 
     if prior is None or vqvae is None:
         if model is None:
             raise EmbedError("pass --model DIR (a whole-model directory)")
 
-        prior = prior if prior is not None else load_prior(model, level=level)
+        prior = prior if prior is not None else load_prior_at(model, precision, level=level)
         vqvae = vqvae if vqvae is not None else load_vqvae(model)
     c = prior.config
     level = c.level
@@ -403,6 +405,7 @@ def run_embed(args: Any) -> Path:
         normalize=args.normalize,
         progress=not args.quiet,
         out=args.out,
+        precision=args.precision,
     )
     shape = "x".join(str(s) for s in result.arrays(0, args.pool)["embeddings"].shape)
     print(

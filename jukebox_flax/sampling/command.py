@@ -18,17 +18,23 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from ..alignment import write_run_alignment
 from ..atomic import atomic_write
 from ..audio import load_audio, save_wav
 from ..checkpoint import load_config
 from ..config import JukeboxConfig
-from ..prior.api import load_prior
+from ..memory import device_memory_bytes, format_plan, plan_levels
+from ..precision import load_prior_at, resolve_precision
+from ..report import write_report
+from ..runlock import run_lock
 from ..vqvae.api import load_vqvae
 from .errors import SamplingError
 from .filter import check_filter_args
@@ -312,6 +318,7 @@ def _common_record(plan_args: dict, args: argparse.Namespace, settings: dict[int
         seed=int(args.seed),
         max_batch=args.max_batch,
         chunk_size=int(args.chunk_size),
+        precision=getattr(args, "precision", "auto"),
     )
 
 
@@ -498,20 +505,75 @@ def plan_upsample(args: argparse.Namespace) -> SamplePlan:
     return _plan_derived(args, "upsample")
 
 
+class _OneLevel(Mapping):
+    """The priors of a run, loaded on first use and one at a time: loading a level releases the
+    previous level's params and compiled programs first, so device memory peaks at the largest
+    level, not at their sum (the original moves one prior at a time to the GPU)."""
+
+    def __init__(self, model: Path, levels: Sequence[int], precision: str):
+        self.model, self.levels, self.precision = model, list(levels), precision
+        self.level: int | None = None
+        self.prior: Any = None
+
+    def __getitem__(self, level: int) -> Any:
+        if level not in self.levels:
+            raise KeyError(level)
+        if level != self.level:
+            self.release()
+            # unrolled layers for sampling: no decode step slices a layer out of a scanned stack
+            self.prior = load_prior_at(self.model, self.precision, level=level, scan_layers=False)
+            self.level = level
+        return self.prior
+
+    def release(self) -> None:
+        self.level, self.prior = None, None
+        jax.clear_caches()  # the compiled window programs of the released level
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.levels)
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+
+def _with_vqvae(model: Path, use: Callable[[Any], Any]) -> Any:
+    """``use(vqvae)`` on the host, with the VQ-VAE on the device only for that call."""
+    return jax.device_get(use(load_vqvae(model)))
+
+
+def dry_run(plan: SamplePlan) -> str:
+    """The memory plan of ``plan`` (``jukebox-flax plan``'s table for the levels it samples)."""
+    dtype, released = resolve_precision(plan.record.get("precision", "auto"))
+    seconds = plan.sample_length / plan.config.vqvae.sr
+    chunk = plan.settings[plan.levels[0]].chunk_size if plan.levels else None
+    max_batch = plan.settings[plan.levels[0]].max_batch_size if plan.levels else None
+    device = device_memory_bytes()
+    priors = [plan.config.priors[level] for level in plan.levels]
+    levels = plan_levels(priors, seconds, plan.batch, dtype, released, device, max_batch, chunk)
+    return format_plan(levels, device, plan.batch)
+
+
 def run_plan(plan: SamplePlan) -> Path:
-    """Load the models, sample every level of ``plan`` into ``plan.out``, write the outputs."""
+    """Load the models one at a time, sample every level of ``plan`` into ``plan.out``, write the
+    outputs (codes, WAVs, ``alignment.npz`` for a top prior with lyrics, ``index.html``)."""
     for note in plan.notes:
         print(f"note: {note}")
+    with run_lock(plan.out):
+        return _run_locked(plan)
+
+
+def _run_locked(plan: SamplePlan) -> Path:
     run = RunDir(plan.out)
     config = plan.config
     n_all = len(config.priors)
     hops = config.vqvae.hop_lengths
     totals = [plan.sample_length // hop for hop in hops]
-    vq = load_vqvae(plan.model)
+    hop_fraction = plan.hop_fraction or config.hop_fraction
     if plan.zs is not None:
         zs = [np.asarray(z, np.int32) for z in plan.zs]
     elif plan.prime is not None:
-        zs = [np.asarray(z, np.int32) for z in vq.encode(plan.prime[:, :, None])]
+        prime = plan.prime[:, :, None]
+        zs = [np.asarray(z, np.int32) for z in _with_vqvae(plan.model, lambda vq: vq.encode(prime))]
     else:
         zs = [np.zeros((plan.batch, 0), np.int32) for _ in range(n_all)]
     if plan.resume:
@@ -522,45 +584,57 @@ def run_plan(plan: SamplePlan) -> Path:
         for level, z in enumerate(zs):
             if z.shape[1]:
                 run.save_codes(level, z)
-    # Sampling decodes through unrolled layers: the params are unstacked once here, so no decode step
-    # slices a layer's weights out of a scanned stack (MaxText's scan_layers=False for inference).
-    priors = {level: load_prior(plan.model, level=level, scan_layers=False) for level in plan.levels}
+    priors = _OneLevel(plan.model, plan.levels, plan.record.get("precision", "auto"))
 
     def save_level(level: int, zs: list, audio: Any) -> None:
         for b, item in enumerate(np.asarray(audio)):
             save_wav(run.wav_file(level, b), item, config.vqvae.sr)
+        if level == n_all - 1:
+            write_run_alignment(plan.out, priors[level], zs[level], plan.labels.get(level), hop_fraction)
+        write_report(plan.out)
 
-    zs = sample_song(
-        priors,
-        zs,
-        plan.levels,
-        plan.sample_length,
-        plan.labels,
-        plan.settings,
-        seed_key(plan.seed),
-        plan.hop_fraction or config.hop_fraction,
-        decode=lambda z, level: vq.decode(z, start_level=level),
-        on_window=lambda level, window, zs: run.save_codes(level, zs[level]),
-        on_level=save_level,
-        progress=True,
-    )
+    try:
+        zs = sample_song(
+            priors,
+            zs,
+            plan.levels,
+            plan.sample_length,
+            plan.labels,
+            plan.settings,
+            seed_key(plan.seed),
+            hop_fraction,
+            decode=lambda z, level: _with_vqvae(plan.model, lambda vq: vq.decode(z, start_level=level)),
+            on_window=lambda level, window, zs: run.save_codes(level, zs[level]),
+            on_level=save_level,
+            progress=True,
+        )
+    finally:
+        priors.release()
     codes: dict[str, Any] = {f"level_{level}": z for level, z in enumerate(zs) if z.shape[1]}
     with atomic_write(plan.out / "codes.npz") as f:
         np.savez(f, **codes, sr=np.int32(config.vqvae.sr), hop_lengths=np.asarray(hops, np.int32))
+    write_report(plan.out)
     print(f"wrote {plan.out}")
     return plan.out
 
 
+def _run_or_plan(plan: SamplePlan, args: argparse.Namespace) -> Path:
+    if getattr(args, "dry_run", False):
+        print(dry_run(plan))
+        return plan.out
+    return run_plan(plan)
+
+
 def run_sample(args: argparse.Namespace) -> Path:
     """The ``sample`` subcommand: validate, load the models, sample every level, write the outputs."""
-    return run_plan(plan_sample(args))
+    return _run_or_plan(plan_sample(args), args)
 
 
 def run_continue(args: argparse.Namespace) -> Path:
     """The ``continue`` subcommand."""
-    return run_plan(plan_continue(args))
+    return _run_or_plan(plan_continue(args), args)
 
 
 def run_upsample(args: argparse.Namespace) -> Path:
     """The ``upsample`` subcommand."""
-    return run_plan(plan_upsample(args))
+    return _run_or_plan(plan_upsample(args), args)

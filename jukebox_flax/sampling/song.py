@@ -262,6 +262,7 @@ def sample_song(
             audio = decode(zs[level:], level) if decode is not None else None
             if on_level is not None:
                 on_level(level, zs, audio)
+        del prior  # so that a mapping loading one level at a time can free it before the next
     return zs
 
 

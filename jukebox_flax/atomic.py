@@ -11,6 +11,7 @@ give them (``tempfile`` alone would leave them private to the owner).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -60,7 +61,9 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
+    if path.is_dir() and not path.is_symlink():  # os.replace would name the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as f:
@@ -72,10 +75,21 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and not e.filename:
-            raise _named(e, path) from None
+        if isinstance(e, OSError) and (not e.filename or e.filename == tmp):
+            raise _named(e, path) from None  # the temporary name means nothing to the user
         raise
     _fsync_dir(path.parent)
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents; a file in the way is ENOTDIR naming that file (``mkdir``
+    would report EEXIST for the folder itself, which reads as if the folder already existed)."""
+    for above in (folder, *folder.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(above))
+            break
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _named(error: OSError, path: Path) -> OSError:
@@ -99,7 +113,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     removed and ``path`` is left as it was.
     """
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())

@@ -96,7 +96,7 @@ def save_wav(path: PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE, subtype: 
     try:
         with atomic_write(path) as f:
             sf.write(f, audio, sr, subtype=subtype, format="WAV")
-    except (sf.LibsndfileError, OSError) as e:
+    except sf.LibsndfileError as e:  # an OSError (a full disk, a file in the way) names its file already
         raise AudioError(f"cannot write {path}: {_one_line(e)}") from None
     return path
 

@@ -117,3 +117,17 @@ def test_a_failed_write_names_the_destination(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device", str(tmp / "params" / "chunk"))
     assert caught.value.filename == str(tmp_path / "model")  # not the temporary name
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_or_folder_in_the_way_is_named(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(NotADirectoryError) as error, atomic_write(tmp_path / "file" / "sub" / "out.txt", "w"):
+        pass
+    assert error.value.filename == str(tmp_path / "file")
+    with pytest.raises(NotADirectoryError), atomic_dir(tmp_path / "file" / "model"):
+        pass
+    with pytest.raises(IsADirectoryError) as error, atomic_write(tmp_path / "folder", "w"):
+        pass
+    assert error.value.filename == str(tmp_path / "folder")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "folder"]

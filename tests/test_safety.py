@@ -458,10 +458,16 @@ def test_decode_of_non_npz_files(work, tmp_path, capsys):
 # Operating-system errors and bugs: one line each
 
 
-def test_an_output_below_a_file_is_one_line(src, tmp_path, capsys):
+def test_an_output_below_a_file_is_one_line(src, model, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    line = fails_cleanly(capsys, tmp_path, "convert", src, tmp_path / "file" / "out")
-    assert str(tmp_path / "file") in line and ("Not a directory" in line or "File exists" in line)
+    codes = tmp_path / "codes.npz"
+    np.savez(codes, **_codes())
+    for argv in (
+        ("convert", src, tmp_path / "file" / "out"),
+        ("decode", "--model", model, codes, tmp_path / "file" / "sub" / "o.wav"),
+    ):
+        line = fails_cleanly(capsys, tmp_path, *argv)
+        assert line.endswith(f"error: {tmp_path / 'file'}: Not a directory"), line
 
 
 def test_an_unexpected_error_saves_its_traceback(monkeypatch, tmp_path, capsys):
@@ -515,14 +521,17 @@ def test_outputs_respect_the_umask(work):
     assert stat.S_IMODE((work / "vq" / "config.json").stat().st_mode) == 0o666 & ~mask
 
 
-def test_sample_refuses_a_damaged_model_and_an_out_that_is_a_file(tmp_path, capsys):
-    from jukebox_flax.checkpoint import write_checksums
+def test_the_bundled_demo_model_carries_checksums():
+    from jukebox_flax.checkpoint import CHECKSUMS_FILE, verify_checksums
 
+    for sub in ("", "vqvae", "prior_level_0", "prior_level_1", "prior_level_2"):
+        assert (DEMO / sub / CHECKSUMS_FILE).is_file()
+        verify_checksums(DEMO / sub)
+
+
+def test_sample_refuses_a_damaged_model_and_an_out_that_is_a_file(tmp_path, capsys):
     demo = tmp_path / "demo"
     shutil.copytree(DEMO, demo)
-    for sub in ("vqvae", "prior_level_0", "prior_level_1", "prior_level_2"):
-        write_checksums(demo / sub)
-    write_checksums(demo)
     assert main(["info", str(demo)]) == 0
     chunk = sorted((demo / "prior_level_2" / "params").rglob("d/*"))[0]
     data = bytearray(chunk.read_bytes())

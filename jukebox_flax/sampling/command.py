@@ -296,6 +296,8 @@ def _load_prime(args: argparse.Namespace, config: JukeboxConfig, batch: int, sam
 def _open_run(out: Path, record: dict, resume: bool, config: JukeboxConfig, sample_length: int) -> None:
     """Refuse to overwrite a run that sampled something; on ``--resume`` check its arguments and
     every saved codes array against this request (before any model is loaded)."""
+    if out.exists() and not out.is_dir():
+        raise SamplingError(f"--out {out} is a file, not a run directory")
     run = RunDir(out)
     if resume:
         saved = run.read_args()

@@ -24,7 +24,6 @@ from .errors import JukeboxError
 from .info import describe
 from .precision import PRECISIONS
 from .sampling.command import run_continue, run_sample, run_upsample
-from .sampling.song import LevelSettings
 from .vqvae.api import decode_file, encode_file
 
 
@@ -84,9 +83,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser, levels_help: str) -> None:
     p.add_argument(
         "--chunk-size",
         type=int,
-        default=LevelSettings().chunk_size,
+        default=None,
         metavar="N",
-        help=f"prime tokens per transformer call (default {LevelSettings().chunk_size})",
+        help="prime tokens per transformer call (default: the original's, 16 for the 5B top priors, else 32)",
     )
     p.add_argument(
         "--precision",

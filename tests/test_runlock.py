@@ -62,3 +62,25 @@ def test_two_writers_in_one_process_are_refused_too(tmp_path):
         with pytest.raises(RunLockError):
             with run_lock(tmp_path):
                 pass
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_sample_into_a_run_being_written_is_refused(tmp_path, capsys, resume):
+    """``sample`` (and ``--resume``) of an ``--out`` that another writer holds: one line, exit 2,
+    and the run's files untouched."""
+    from jukebox_flax.cli import main
+
+    out = tmp_path / "run"
+    argv = ["sample", "--seconds", "0.5", "--levels", "1", "--out", str(out)]
+    if resume:  # a run that was started (its run.json, no codes yet) and is still being written
+        from jukebox_flax.cli import build_parser
+        from jukebox_flax.sampling.command import plan_sample
+        from jukebox_flax.sampling.song import RunDir
+
+        RunDir(out).start(plan_sample(build_parser().parse_args(argv)).record)
+    with run_lock(out):
+        before = sorted(p.name for p in out.iterdir())
+        assert main(argv + (["--resume"] if resume else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "being written by another process" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == before

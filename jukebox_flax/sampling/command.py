@@ -31,7 +31,7 @@ from ..atomic import atomic_write
 from ..audio import load_audio, save_wav
 from ..checkpoint import load_config
 from ..config import JukeboxConfig
-from ..memory import device_memory_bytes, format_plan, plan_levels
+from ..memory import device_memory_bytes, format_plan, original_defaults, plan_levels
 from ..precision import load_prior_at, resolve_precision
 from ..report import write_report
 from ..runlock import run_lock
@@ -57,7 +57,6 @@ __all__ = [
 
 DEFAULT_TEMPERATURE = 0.99  # the original sample.py's value for every level
 MAX_SEED = 2**63 - 1
-DEFAULT_CHUNK_SIZE = LevelSettings().chunk_size
 
 
 @dataclass
@@ -139,12 +138,14 @@ def _hop_fraction(values: list[float] | None, default: tuple[float, ...], config
     return tuple(float(v) for v in values)
 
 
-def _settings(args: argparse.Namespace, levels: list[int], n_all: int) -> dict[int, LevelSettings]:
+def _settings(args: argparse.Namespace, levels: list[int], config: JukeboxConfig) -> dict[int, LevelSettings]:
+    """Per level: ``--chunk-size`` or the original sample.py's chunk for that prior (16 for the
+    5B top priors, 32 for the others)."""
     check_filter_args(args.top_k, args.top_p)
     temps = _temperatures(args.temperature, len(levels))
     if args.max_batch is not None and args.max_batch < 1:
         raise SamplingError(f"--max-batch must be >= 1, got {args.max_batch}")
-    if args.chunk_size < 1:
+    if args.chunk_size is not None and args.chunk_size < 1:
         raise SamplingError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     # temps are top first; levels may not reach the top (upsample)
     top_first = sorted(levels, reverse=True)
@@ -153,7 +154,7 @@ def _settings(args: argparse.Namespace, levels: list[int], n_all: int) -> dict[i
             temperature=temps[top_first.index(level)],
             top_k=args.top_k,
             top_p=args.top_p,
-            chunk_size=int(args.chunk_size),
+            chunk_size=int(args.chunk_size or original_defaults(config.priors[level])[1]),
             max_batch_size=args.max_batch,
         )
         for level in levels
@@ -319,7 +320,7 @@ def _common_record(plan_args: dict, args: argparse.Namespace, settings: dict[int
         top_p=float(args.top_p),
         seed=int(args.seed),
         max_batch=args.max_batch,
-        chunk_size=int(args.chunk_size),
+        chunk_size=args.chunk_size,
         precision=getattr(args, "precision", "auto"),
     )
 
@@ -337,7 +338,7 @@ def plan_sample(args: argparse.Namespace) -> SamplePlan:
     if args.batch < 1:
         raise SamplingError(f"--batch must be >= 1, got {args.batch}")
     _check_seed(args.seed)
-    settings = _settings(args, levels, n_all)
+    settings = _settings(args, levels, config)
     hop_fraction = _hop_fraction(args.hop_fraction, config.hop_fraction, config)
 
     top = config.priors[-1]
@@ -454,7 +455,7 @@ def _plan_derived(args: argparse.Namespace, mode: str) -> SamplePlan:
             raise SamplingError(f"{model} has a single level: there is nothing to upsample")
         total_seconds = None
     _check_upsampling_length(config, levels, sample_length)
-    settings = _settings(args, levels, n_all)
+    settings = _settings(args, levels, config)
     hop_fraction = _hop_fraction(args.hop_fraction, source.hop_fraction, config)
     total_length = _total_length(total_seconds, source.total_length, config, sample_length, notes)
     metas = _user_metas(args, batch, picked.metas)
@@ -547,7 +548,7 @@ def dry_run(plan: SamplePlan) -> str:
     """The memory plan of ``plan`` (``jukebox-flax plan``'s table for the levels it samples)."""
     dtype, released = resolve_precision(plan.record.get("precision", "auto"))
     seconds = plan.sample_length / plan.config.vqvae.sr
-    chunk = plan.settings[plan.levels[0]].chunk_size if plan.levels else None
+    chunk = plan.record.get("chunk_size")  # None: the original's per level
     max_batch = plan.settings[plan.levels[0]].max_batch_size if plan.levels else None
     device = device_memory_bytes()
     priors = [plan.config.priors[level] for level in plan.levels]

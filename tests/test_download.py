@@ -205,7 +205,7 @@ def official_demo(tmp_path_factory):
     from jukebox_flax.sampling.command import default_model
     from jukebox_flax_convert.export import export
 
-    out = tmp_path_factory.mktemp("official")
+    out = tmp_path_factory.mktemp("official") / "files"
     export(default_model(), out)
     vocab = json.loads((default_model() / "vocab.json").read_text())
     ids = {

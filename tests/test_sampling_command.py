@@ -145,3 +145,35 @@ def test_killed_run_resumes_to_the_uninterrupted_result(models, tmp_path):
     # a different seed gives different music
     assert main(_argv(models["5b"], tmp_path / "other", "--levels", "1", "--batch", "2", "--seed", "8")) == 0
     assert (np.load(tmp_path / "other" / "codes.npz")["level_2"] != want["level_2"]).any()
+
+
+@pytest.mark.slow
+def test_sample_then_align_a_lyrics_run(models, tmp_path, capsys):
+    """``sample`` of a lyrics top prior writes alignment.npz when the model's alignment layer fits
+    (else a note), and ``align`` writes the library's ``get_alignment`` of the run's codes:
+    [top tokens, full lyric tokens] per row, each row's weights a distribution over the lyrics."""
+    from jukebox_flax.alignment import LYRIC_ATTENTION, alignment_settings, get_alignment
+    from jukebox_flax.errors import SamplingError
+    from jukebox_flax.prior.api import load_prior
+    from jukebox_flax.sampling.sources import level_labels, load_source
+
+    out = tmp_path / "run"
+    assert main(_argv(models["1b"], out, "--levels", "1", "--batch", "2")) == 0
+    source = load_source(out)
+    config = source.config.priors[-1]
+    try:
+        alignment_settings(config)
+        assert (out / "alignment.npz").is_file()
+    except SamplingError:
+        assert "no alignment.npz" in capsys.readouterr().out
+    layer = [i for i, kind in enumerate(config.attention_layout) if kind in LYRIC_ATTENTION][0]
+    assert main(["align", str(out), "--layer", str(layer), "--head", "1", "--out", str(tmp_path / "al")]) == 0
+    with np.load(tmp_path / "al" / "alignment.npz") as f:
+        got = [f[f"item_{i}"] for i in range(2)]
+    labels = level_labels(source.config, source.model, source.metas, source.total_length, config.level)
+    prior = load_prior(source.model, level=config.level, scan_layers=False)
+    want = get_alignment(prior, source.zs[-1], labels, source.hop_fraction, layer, 1)
+    for g, w, tokens in zip(got, want, labels.full_tokens):
+        assert g.dtype == np.float32 and g.shape == (source.zs[-1].shape[1], len(tokens))
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+        assert np.all(g >= 0) and np.all(g.sum(axis=1) <= 1 + 1e-5)

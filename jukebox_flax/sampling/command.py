@@ -31,6 +31,7 @@ from ..atomic import atomic_write
 from ..audio import load_audio, save_wav
 from ..checkpoint import load_config
 from ..config import JukeboxConfig
+from ..errors import JukeboxError
 from ..memory import device_memory_bytes, format_plan, original_defaults, plan_levels
 from ..precision import load_prior_at, resolve_precision
 from ..report import write_report
@@ -593,7 +594,10 @@ def _run_locked(plan: SamplePlan) -> Path:
         for b, item in enumerate(np.asarray(audio)):
             save_wav(run.wav_file(level, b), item, config.vqvae.sr)
         if level == n_all - 1:
-            write_run_alignment(plan.out, priors[level], zs[level], plan.labels.get(level), hop_fraction)
+            try:
+                write_run_alignment(plan.out, priors[level], zs[level], plan.labels.get(level), hop_fraction)
+            except JukeboxError as e:  # a side product: the codes and audio matter more
+                print(f"note: no alignment.npz ({e}); `jukebox-flax align --layer L --head H` writes one")
         write_report(plan.out)
 
     try:

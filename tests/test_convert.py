@@ -155,6 +155,7 @@ def test_dtype_is_cast_explicitly(vqvae_file, vqvae_dir, tmp_path):
     assert np.array_equal(params[k], ref[k].astype(ml_dtypes.bfloat16))
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_export_round_trip_is_bit_exact(vqvae_file, vqvae_dir, tmp_path):
     out = export(vqvae_dir, tmp_path / "back.pth.tar")
     back = torch.load(out, weights_only=True)

@@ -29,6 +29,7 @@ def test_bundled_model_is_a_small_whole_model():
     assert size <= 20 * 2**20
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_sample_without_model_uses_the_bundled_one(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(

@@ -39,6 +39,7 @@ def test_max_batch_and_pick():
         pick_batch_chunk(c, 0)
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_plan_bounds_the_compiled_window():
     """The plan (params + batch x per-sample) is at least what XLA allocates for a sampling window
     (arguments + outputs + temporaries of the compiled loop), and within 4x of it."""

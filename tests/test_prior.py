@@ -123,6 +123,7 @@ def test_state_dict_errors_name_keys():
     assert set(prior_params_from_state_dict(plain, c)) == set(prior_params_from_state_dict(sd, c))
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_prior_api_roundtrip_and_decode(tmp_path):
     """save -> load_prior -> Prior.logits == module; decode (pass-through) == teacher forcing."""
     c, a = _config("prior_top5b"), load_npz("openai/prior_top5b")

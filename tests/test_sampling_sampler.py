@@ -49,6 +49,7 @@ def test_single_encoder_decoder_primes_lyrics_and_unshifts(toy_lyrics):
     np.testing.assert_array_equal(got[:, :7], prime)
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_random_samples_do_not_depend_on_chunking_or_batch_split(toy):
     y, upper, prime = _inputs(toy.config, batch=4, n_prime=10)
     key = jax.random.key(42)

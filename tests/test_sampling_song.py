@@ -175,6 +175,7 @@ def real_priors():
     return {0: fixture_prior("prior_up0")[0], 1: fixture_prior("prior_up1")[0], 2: fixture_prior("prior_top1b")[0]}
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_greedy_pipeline_with_real_priors_matches_trace_and_audio(real_priors):
     """The whole 3-level windowed sampling with the fixture priors and VQ-VAE: codes token for token,
     decoded audio per level within 1e-4."""

@@ -74,6 +74,7 @@ def test_schedule_warmup_and_decay():
     assert float(training.make_schedule(training.OptimConfig(lr=2.0, warmup_steps=2))(50)) == 2.0
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_resume_after_kill_continues_exactly(data, tmp_path, capsys):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -321,6 +321,7 @@ def test_train_step_loss_falls():
 # command line
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_cli_encode_decode_round_trip(tiny, tmp_path):
     from jukebox_flax.audio import load_audio, save_wav
     from jukebox_flax.checkpoint import save_model_dir

@@ -390,6 +390,7 @@ def test_resume_checks_every_saved_codes_array(tmp_path, models, capsys, monkeyp
     _one_line_error(capsys, argv + ["--resume"], message)
 
 
+@pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_load_source_of_a_run_dir_and_of_its_codes(tmp_path, models, capsys):
     out = tmp_path / "run"
     _sample_top(models["5b"], out, SHORT, "--total-seconds", "61")

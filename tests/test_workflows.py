@@ -345,7 +345,7 @@ def test_killed_continue_resumes_and_failed_starts_rerun(tmp_path, models, capsy
     def broken(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(command, "load_prior", broken)
+    monkeypatch.setattr(command, "load_prior_at", broken)
     killed = ["continue", str(short), "--seconds", LONG, "--out", str(tmp_path / "k")]
     assert main(killed) == 130 and (tmp_path / "k" / "run.json").is_file()
     assert main(killed) == 130  # not refused: nothing was sampled

@@ -10,32 +10,13 @@ cannot break the rest.
 from importlib import import_module
 from typing import Any
 
+from . import errors as _errors
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    **{
-        name: ".errors"
-        for name in (
-            "JukeboxError",
-            "ConfigError",
-            "CheckpointError",
-            "AudioError",
-            "DataError",
-            "LabelError",
-            "TrainingError",
-            "ShardingError",
-            "SamplingError",
-            "EmbedError",
-            "VQVAEInputError",
-            "PriorInputError",
-            "PriorCallError",
-            "ConvertError",
-            "StateDictError",
-            "PriorKeyError",
-            "VQVAEKeyError",
-        )
-    },
+    **{name: ".errors" for name in _errors.__all__},  # every error class, one list (errors.py)
     "VQVAEConfig": ".config",
     "PriorConfig": ".config",
     "LyricEncoderConfig": ".config",

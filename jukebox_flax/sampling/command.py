@@ -620,7 +620,6 @@ def _run_locked(plan: SamplePlan) -> Path:
     codes: dict[str, Any] = {f"level_{level}": z for level, z in enumerate(zs) if z.shape[1]}
     with atomic_write(plan.out / "codes.npz") as f:
         np.savez(f, **codes, sr=np.int32(config.vqvae.sr), hop_lengths=np.asarray(hops, np.int32))
-    write_report(plan.out)
     print(f"wrote {plan.out}")
     return plan.out
 

@@ -24,6 +24,7 @@ from .errors import JukeboxError
 from .info import describe
 from .precision import PRECISIONS
 from .sampling.command import run_continue, run_sample, run_upsample
+from .train_command import add_train_parsers
 from .vqvae.api import decode_file, encode_file
 
 
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-fraction", type=float, nargs="+", default=None, help="one per level, level 0 first")
     p.add_argument("--out", default=None, help="directory for alignment.npz (default: the run SRC)")
     p.set_defaults(func=_cmd_align)
+    add_train_parsers(sub)
     return parser
 
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,8 +41,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from .checkpoint import save_model_dir
-from .config import config_from_dict, preset
-from .errors import JukeboxError, TrainingError
+from .errors import TrainingError
 from .optim import OptimConfig, make_optimizer, make_schedule
 from .prior.api import init_prior_params, load_prior
 from .prior.conditioners import check_labels
@@ -73,10 +70,6 @@ __all__ = [
     "data_bandwidth",
     "load_component",
     "export_model",
-    "add_training_args",
-    "optim_from_args",
-    "config_from_args",
-    "run_script",
 ]
 
 PathLike = str | os.PathLike
@@ -535,87 +528,3 @@ def export_model(path: PathLike, params: Any, config: Any, vocab: dict | None = 
     """Write the trained params as a model directory (replacing an older export)."""
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     return save_model_dir(path, host, config, vocab, overwrite=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Command-line helpers shared by scripts/train_vqvae.py and scripts/train_prior.py
-
-
-OPTIM_DEFAULTS = OptimConfig()  # the command line's optimizer defaults are the dataclass's
-
-
-def add_training_args(parser: Any) -> None:
-    """The options every training script takes (data, output, schedule, optimizer, checkpoints)."""
-    g = parser.add_argument_group("data and output")
-    g.add_argument("--data", required=True, help="folder of audio files (with metadata.csv or metadata.jsonl)")
-    g.add_argument("--metadata", help="metadata file (CSV or JSONL: file, artist, genre, lyrics)")
-    g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.csv, model/ (the export)")
-    g = parser.add_argument_group("model (one of)")
-    g.add_argument("--config", help="a config JSON file (as in a model directory's config.json)")
-    g.add_argument("--preset", help="a released configuration by name (see jukebox_flax.config.PRESETS)")
-    g.add_argument("--init-from", help="fine-tune: a model directory (config and params from there)")
-    g = parser.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=10000, help="total steps (a resumed run continues to this)")
-    g.add_argument("--batch", type=int, default=4)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--lr", type=float, default=OPTIM_DEFAULTS.lr)
-    g.add_argument("--warmup", type=int, default=OPTIM_DEFAULTS.warmup_steps, help="linear warm-up steps")
-    g.add_argument(
-        "--decay-steps",
-        type=int,
-        default=OPTIM_DEFAULTS.decay_steps,
-        help="linear decay to 0 over this many steps after warm-up",
-    )
-    g.add_argument("--weight-decay", type=float, default=OPTIM_DEFAULTS.weight_decay)
-    g.add_argument("--b2", type=float, default=OPTIM_DEFAULTS.b2)
-    g.add_argument("--clip", type=float, default=OPTIM_DEFAULTS.clip, help="global gradient norm (0: no clipping)")
-    g.add_argument("--checkpoint-every", type=int, default=500)
-    g.add_argument("--keep", type=int, default=3, help="checkpoints kept")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def optim_from_args(args: Any) -> OptimConfig:
-    """The :class:`OptimConfig` of the options of :func:`add_training_args`."""
-    return OptimConfig(
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        decay_steps=args.decay_steps,
-        b2=args.b2,
-        weight_decay=args.weight_decay,
-        clip=args.clip,
-    )
-
-
-def config_from_args(args: Any, kind: type) -> Any:
-    """The config chosen by exactly one of --config / --preset / --init-from (None for --init-from:
-    the caller reads the model directory)."""
-    chosen = [name for name in ("config", "preset", "init_from") if getattr(args, name)]
-    if len(chosen) != 1:
-        raise TrainingError("pass exactly one of --config, --preset and --init-from")
-    if args.init_from:
-        return None
-    if args.config:
-        try:
-            config = config_from_dict(json.loads(Path(args.config).read_text()))
-        except FileNotFoundError:
-            raise TrainingError(f"config file not found: {args.config}") from None
-        except json.JSONDecodeError as e:
-            raise TrainingError(f"{args.config} is not valid JSON: {e}") from None
-    else:
-        config = preset(args.preset)
-    if not isinstance(config, kind):
-        raise TrainingError(f"the chosen config is a {type(config).__name__}, this script trains a {kind.__name__}")
-    return config
-
-
-def run_script(main: Callable[[], Any]) -> int:
-    """Run a script's ``main``: a user error is one line on stderr and exit status 2."""
-    try:
-        main()
-    except JukeboxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from jukebox_flax import training
 from jukebox_flax.checkpoint import save_whole_model_dir
 from jukebox_flax.config import JukeboxConfig
+from jukebox_flax.train_command import run_script
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "jukebox_flax" / "assets" / "demo_model"
 MAX_BYTES = 20 * 2**20  # the package must stay small
@@ -63,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(training.run_script(main))
+    sys.exit(run_script(main))

@@ -17,6 +17,7 @@ import training_toy as toy
 from conftest import load_script
 
 from jukebox_flax import training
+from jukebox_flax.train_command import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,10 +278,10 @@ def test_prior_script_trains_exports_and_fine_tunes(vqvae_run, data, tmp_path):
 
 def test_script_errors_are_one_line(data, tmp_path, capsys):
     script = load_script("train_vqvae")
-    code = training.run_script(
+    code = run_script(
         lambda: script.main(["--data", str(data), "--out", str(tmp_path), "--preset", "prior_5b", "--steps", "1"])
     )
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: the chosen config is a PriorConfig, this script trains a VQVAEConfig"
+        "error: the chosen config is a PriorConfig, this command trains a VQVAEConfig"
     ]

@@ -7,6 +7,10 @@ The metadata file lists one song per row with the columns ``file, artist, genre,
 
 ``file`` is relative to the metadata file's folder (or absolute). ``lyrics`` may be empty.
 
+A folder without a metadata file is a dataset too (the original's ``--labels=False``): every audio
+file under it (:func:`songs_in_folder`), each with the artist and genre ``unknown`` and no lyrics.
+:func:`holdout_split` keeps a fraction of the songs out of training (for a held-out loss).
+
 A crop is ``sample_length`` samples of one song at a random offset; as the original
 ``FilesAudioDataset``, songs are drawn in proportion to their length (every sample of the dataset
 is equally likely to start a crop), and the label's ``offset`` and ``total_length`` are in samples
@@ -32,11 +36,40 @@ from .audio import SAMPLE_RATE, load_audio
 from .errors import DataError
 from .labels import V2_ALPHABET, V3_ALPHABET, Labeller, artist_key, genre_keys
 
-__all__ = ["DataError", "Song", "Batch", "read_metadata", "labeller_for_songs", "AudioDataset"]
+__all__ = [
+    "DataError",
+    "Song",
+    "Batch",
+    "read_metadata",
+    "find_metadata",
+    "songs_in_folder",
+    "holdout_split",
+    "labeller_for_songs",
+    "AudioDataset",
+]
 
 PathLike = str | os.PathLike
 COLUMNS = ("file", "artist", "genre", "lyrics")
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+UNKNOWN = "unknown"  # the artist and genre of a song without metadata (id 0 of every vocabulary)
+# File name endings of the libsndfile formats (soundfile.available_formats() names) that hold music.
+AUDIO_EXTENSIONS = {
+    ".wav": "WAV",
+    ".wave": "WAV",
+    ".flac": "FLAC",
+    ".ogg": "OGG",
+    ".oga": "OGG",
+    ".opus": "OGG",
+    ".mp3": "MP3",
+    ".aiff": "AIFF",
+    ".aif": "AIFF",
+    ".aifc": "AIFF",
+    ".au": "AU",
+    ".snd": "AU",
+    ".caf": "CAF",
+    ".w64": "W64",
+    ".rf64": "RF64",
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +126,64 @@ def read_metadata(path: PathLike) -> list[Song]:
     if not songs:
         raise DataError(f"{path} lists no songs")
     return songs
+
+
+def find_metadata(folder: PathLike) -> Path | None:
+    """``folder``'s ``metadata.csv`` or ``metadata.jsonl`` (in that order), or None."""
+    for name in METADATA_NAMES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def audio_extensions() -> list[str]:
+    """The file name endings :func:`songs_in_folder` takes: those of :data:`AUDIO_EXTENSIONS` whose
+    format this libsndfile reads (MP3 needs libsndfile 1.1 or newer)."""
+    formats = set(sf.available_formats())
+    return sorted(ext for ext, fmt in AUDIO_EXTENSIONS.items() if fmt in formats)
+
+
+def songs_in_folder(folder: PathLike) -> list[Song]:
+    """Every audio file under ``folder`` (recursively, hidden files and folders skipped) as a song
+    with the artist and genre ``unknown`` and no lyrics, sorted by path (the same order on every
+    machine). A folder with no audio file is a :class:`DataError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    extensions = set(audio_extensions())
+    files = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in extensions
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    if not files:
+        raise DataError(
+            f"{folder} holds no audio files ({', '.join(e[1:] for e in sorted(extensions))}) and no "
+            f"{' or '.join(METADATA_NAMES)}"
+        )
+    return [Song(path, UNKNOWN, UNKNOWN, "") for path in files]
+
+
+def holdout_split(songs: Sequence[Song], fraction: float, seed: int = 0) -> tuple[list[Song], list[Song]]:
+    """(training songs, held-out songs): ``round(fraction * len(songs))`` songs, at least one when
+    ``fraction > 0``, chosen at random by ``seed`` (the same split on every run). Both lists keep
+    the order of ``songs``. A split that leaves no training song is a :class:`DataError`."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return list(songs), []
+    count = max(1, round(fraction * len(songs)))
+    if count >= len(songs):
+        raise DataError(
+            f"holding out {count} of {len(songs)} songs leaves none to train on: use a smaller fraction or more songs"
+        )
+    chosen = set(np.random.default_rng([seed, 104729]).permutation(len(songs))[:count].tolist())
+    return (
+        [s for i, s in enumerate(songs) if i not in chosen],
+        [s for i, s in enumerate(songs) if i in chosen],
+    )
 
 
 def labeller_for_songs(
@@ -163,14 +254,11 @@ class AudioDataset:
         labeller: Labeller | None = None,
         **kwargs,
     ) -> AudioDataset:
-        """The dataset of ``folder``: ``metadata`` defaults to its ``metadata.csv`` or ``metadata.jsonl``."""
-        folder = Path(folder)
-        if metadata is None:
-            found = [folder / name for name in METADATA_NAMES if (folder / name).is_file()]
-            if not found:
-                raise DataError(f"{folder} has no {' or '.join(METADATA_NAMES)}; pass the metadata file")
-            metadata = found[0]
-        return cls(read_metadata(metadata), sample_length, labeller, **kwargs)
+        """The dataset of ``folder``: ``metadata`` defaults to its ``metadata.csv`` or ``metadata.jsonl``;
+        without either, every audio file under ``folder`` (:func:`songs_in_folder`: no labels)."""
+        metadata = metadata if metadata is not None else find_metadata(folder)
+        songs = read_metadata(metadata) if metadata is not None else songs_in_folder(folder)
+        return cls(songs, sample_length, labeller, **kwargs)
 
     def __len__(self) -> int:
         return len(self.songs)

@@ -5,10 +5,13 @@
     jukebox-flax train prior --data DATA --vqvae MODEL --out RUN --init-from MODEL --level 2   # fine-tune
 
 Killed or interrupted, the same command resumes from the latest checkpoint in RUN (``checkpoints/``,
-``metrics.csv``); the trained model is written to ``RUN/model``. For a prior the audio is encoded on
+``metrics.csv``, ``tensorboard/``, ``loss.png``); the trained model is written to ``RUN/model``.
+``--holdout FRACTION`` keeps that fraction of the songs out of training and logs the loss on a fixed
+set of their crops every ``--holdout-every`` steps (``holdout_loss``). For a prior the audio is encoded on
 the fly by the frozen VQ-VAE (``--vqvae``: a VQ-VAE or whole-model directory); tokens are the codes
 of the prior's level, and an upsampler also sees the codes of the level above. Labels (artist,
-genre, lyrics) come from the metadata file; their vocabulary is the ``--init-from`` model's
+genre, lyrics) come from the metadata file (a folder without one trains on every audio file in it,
+with the ``unknown`` artist and genre and no lyrics); their vocabulary is the ``--init-from`` model's
 ``vocab.json``, or ``--vocab FILE``, or else built from the dataset (ids in sorted order).
 ``scripts/train_vqvae.py`` and ``scripts/train_prior.py`` are thin wrappers over this module.
 """
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 
 from . import training
 from .config import PriorConfig, VQVAEConfig, config_from_dict, preset
-from .data import AudioDataset, labeller_for_songs, read_metadata
+from .data import AudioDataset, Song, find_metadata, holdout_split, labeller_for_songs, read_metadata, songs_in_folder
 from .errors import JukeboxError, TrainingError
 from .labels import Labeller
 from .optim import OptimConfig
@@ -55,7 +58,11 @@ TRAIN_PRECISIONS = ("float32", "bfloat16", "float16")
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """The options both trainers take (data, output, model, schedule, optimizer, memory, checkpoints)."""
     g = parser.add_argument_group("data and output")
-    g.add_argument("--data", help="folder of audio files (with metadata.csv or metadata.jsonl)")
+    g.add_argument(
+        "--data",
+        help="folder of audio files: with metadata.csv or metadata.jsonl, or without (every audio file in it, "
+        "artist and genre 'unknown', no lyrics)",
+    )
     g.add_argument("--metadata", help="metadata file (CSV or JSONL: file, artist, genre, lyrics)")
     g.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.csv, model/ (the export)")
     g.add_argument(
@@ -209,8 +216,6 @@ def _not_yet(args: Any) -> None:
     for flag, default in (("remat", "none"), ("precision", "float32"), ("accumulate", 1), ("dry_run", False)):
         if getattr(args, flag) != default:
             raise TrainingError(f"--{flag.replace('_', '-')} is not available yet")
-    if args.holdout:
-        raise TrainingError("--holdout is not available yet")
     if getattr(args, "codes", None):
         raise TrainingError("--codes is not available yet")
 
@@ -221,10 +226,50 @@ def _require_data(args: Any) -> str:
     return str(args.data)
 
 
-def _train_loop(task: training.Task, batch_at: Callable[[int], Any], args: Any) -> tuple[Any, int]:
+def _songs(args: Any) -> tuple[list[Song], bool]:
+    """The songs of --metadata, of the data folder's metadata file, or else every audio file in the
+    folder; and whether they came from a metadata file."""
+    data = _require_data(args)
+    metadata = args.metadata or find_metadata(data)
+    if metadata is None:
+        return songs_in_folder(data), False
+    return read_metadata(metadata), True
+
+
+HOLDOUT_CROPS = (8, 64)  # held-out crops: one per held-out song, at least / at most this many
+
+
+def holdout_batch_count(songs: int, batch: int) -> int:
+    """Batches of held-out crops: one crop per held-out song, at least 8 and at most 64 crops, in
+    whole batches of ``batch``."""
+    low, high = HOLDOUT_CROPS
+    return max(1, -(-min(max(songs, low), high) // batch))
+
+
+def _split(args: Any, songs: list[Song]) -> tuple[list[Song], list[Song]]:
+    """--holdout: (training songs, held-out songs)."""
+    if args.holdout_every < 1:
+        raise TrainingError("--holdout-every must be >= 1")
+    train_songs, held_out = holdout_split(songs, args.holdout, args.seed)
+    if held_out:
+        crops = holdout_batch_count(len(held_out), args.batch) * args.batch
+        print(
+            f"holding out {len(held_out)} of {len(songs)} songs: holdout_loss on {crops} of their crops "
+            f"every {args.holdout_every} steps"
+        )
+    return train_songs, held_out
+
+
+def _train_loop(
+    task: training.Task, dataset: AudioDataset, args: Any, holdout: AudioDataset | None = None
+) -> tuple[Any, int]:
+    holdout_at, holdout_batches = None, 0
+    if holdout is not None:
+        holdout_batches = holdout_batch_count(len(holdout), args.batch)
+        holdout_at = lambda j: holdout.batch(j, args.batch, args.seed)  # noqa: E731
     return training.train(
         task,
-        batch_at,
+        lambda i: dataset.batch(i, args.batch, args.seed),
         args.steps,
         args.out,
         seed=args.seed,
@@ -232,6 +277,9 @@ def _train_loop(task: training.Task, batch_at: Callable[[int], Any], args: Any) 
         keep_checkpoints=args.keep,
         log_every=args.log_every,
         progress=not args.no_progress,
+        holdout_at=holdout_at,
+        holdout_batches=holdout_batches,
+        evaluate_every=args.holdout_every,
     )
 
 
@@ -249,11 +297,13 @@ def run_train_vqvae(args: argparse.Namespace) -> None:
     if args.sample_length % config.hop_length:
         raise TrainingError(f"--sample-length must be a multiple of {config.hop_length}")
 
-    dataset = AudioDataset.from_folder(_require_data(args), args.sample_length, args.metadata, sr=config.sr)
+    train_songs, held_out = _split(args, _songs(args)[0])  # a VQ-VAE needs no labels
+    dataset = AudioDataset(train_songs, args.sample_length, sr=config.sr)
+    holdout = AudioDataset(held_out, args.sample_length, sr=config.sr) if held_out else None
     bandwidth = training.data_bandwidth(dataset, args.bandwidth_examples, args.seed)
     print(f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; bandwidth {bandwidth}")
     task = training.vqvae_task(config, optim_from_args(args), init_params=init_params, bandwidth=bandwidth)
-    state, step = _train_loop(task, lambda i: dataset.batch(i, args.batch, args.seed), args)
+    state, step = _train_loop(task, dataset, args, holdout)
     path = training.export_model(f"{args.out}/model", task.params(state), config)
     print(f"step {step}: wrote {path}")
 
@@ -280,13 +330,6 @@ def _labeller(args: Any, config: PriorConfig, songs: Any, vocab: dict | None) ->
     return labeller
 
 
-def _find_metadata(folder: str) -> Path:
-    for name in ("metadata.csv", "metadata.jsonl"):
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
-    raise TrainingError(f"{folder} has no metadata.csv or metadata.jsonl; pass --metadata")
-
-
 def run_train_prior(args: argparse.Namespace) -> None:
     """``jukebox-flax train prior``: see the module docstring."""
     _not_yet(args)
@@ -298,11 +341,14 @@ def run_train_prior(args: argparse.Namespace) -> None:
     if not args.vqvae:
         raise TrainingError("--vqvae is required (the VQ-VAE that encodes the audio)")
 
-    data = _require_data(args)
-    songs = read_metadata(args.metadata or _find_metadata(data))
+    songs, from_metadata = _songs(args)
+    if not from_metadata and config.labels:
+        print(f"{args.data} has no metadata file: every song gets the artist and genre 'unknown' and no lyrics")
     labeller = _labeller(args, config, songs, vocab)
     vqvae = load_vqvae(args.vqvae)
-    dataset = AudioDataset(songs, config.sample_length, labeller, sr=config.sr)
+    train_songs, held_out = _split(args, songs)
+    dataset = AudioDataset(train_songs, config.sample_length, labeller, sr=config.sr)
+    holdout = AudioDataset(held_out, config.sample_length, labeller, sr=config.sr) if held_out else None
     print(
         f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
         f"{config.n_ctx} tokens = {config.sample_length} samples per crop"
@@ -310,7 +356,7 @@ def run_train_prior(args: argparse.Namespace) -> None:
     task = training.prior_task(config, optim_from_args(args), vqvae, init_params=init_params)
     if args.ema:
         task = training.with_param_ema(task, args.ema)
-    state, step = _train_loop(task, lambda i: dataset.batch(i, args.batch, args.seed), args)
+    state, step = _train_loop(task, dataset, args, holdout)
     vocab_out = labeller.vocab_dict() if labeller is not None else None
     path = training.export_model(f"{args.out}/model", task.params(state), config, vocab_out)
     print(f"step {step}: wrote {path}")

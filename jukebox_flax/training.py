@@ -5,14 +5,18 @@ The loop is generic over a :class:`Task`:
 * ``task.init(key, first_batch) -> state`` builds the training state (any pytree: params,
   optimizer state, EMA codebooks ...);
 * ``task.step(state, batch, key) -> (state, metrics)`` is one (jitted) update;
-* ``task.params(state)`` is the param tree a model directory stores.
+* ``task.params(state)`` is the param tree a model directory stores;
+* ``task.evaluate(state, batch) -> metrics`` (optional) is the loss of the state on a batch, with
+  nothing updated (a fixed key): the held-out loss.
 
 :func:`train` runs ``steps`` updates on ``batch_at(i)`` (batch number ``i``: a pure function of
 ``i``, so the data position is just the step), with the key ``fold_in(PRNGKey(seed), i)``, saving an
 Orbax checkpoint (state + step + data position) every ``checkpoint_every`` steps. Killed at any
 point, the same call resumes from the latest complete checkpoint and continues exactly as an
-uninterrupted run would. Metrics (averaged over ``log_every`` steps) go to stdout and
-``OUT/metrics.csv``; a tqdm bar shows progress.
+uninterrupted run would. Metrics (averaged over ``log_every`` steps) go to stdout,
+``OUT/metrics.csv``, TensorBoard event files in ``OUT/tensorboard/`` and the plot ``OUT/loss.png``
+(``train_log.py``); a tqdm bar shows progress, the rate and the time left. Given held-out batches,
+every ``evaluate_every`` steps the loss on them is logged as ``holdout_loss``.
 
 :func:`vqvae_task` trains a VQ-VAE (the original loss, EMA codebooks with random restarts;
 ``jukebox_flax.vqvae.train``); :func:`prior_task` trains one prior level on codes of a frozen
@@ -23,11 +27,9 @@ VQ-VAE computed on the fly, as the original. Both start from scratch or from a m
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +49,10 @@ from .prior.api import init_prior_params, load_prior
 from .prior.conditioners import check_labels
 from .prior.prior import JukeboxPrior
 from .sharding import param_shardings, shard_batch
+from .train_log import METRICS_FILE, MetricsLog, TrainLog, progress_bar  # noqa: F401 (METRICS_FILE: re-exported)
 from .vqvae.api import init_vqvae_params, load_vqvae
 from .vqvae.losses import estimate_bandwidth
-from .vqvae.train import init_train_state, make_train_step
+from .vqvae.train import init_train_state, make_eval_step, make_train_step
 from .vqvae.vqvae import VQVAEModule
 
 __all__ = [
@@ -74,7 +77,7 @@ __all__ = [
 
 PathLike = str | os.PathLike
 CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.csv"
+EVAL_SEED = 0  # the key of every evaluation (held-out loss): the same numbers for the same params
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,79 +117,6 @@ class TrainCheckpoints:
 
 
 # ------------------------------------------------------------------------------------------------
-# Metrics
-
-
-class MetricsLog:
-    """Scalar metrics averaged over each logging interval, to stdout and a CSV file.
-
-    On resume the CSV keeps the rows up to the restored step (rows written after the last
-    checkpoint by a killed run are replayed, not duplicated).
-    """
-
-    def __init__(self, path: PathLike, resume_step: int = 0, echo: Callable[[str], None] = print):
-        self.path = Path(path)
-        self.echo = echo
-        self.columns: list[str] | None = None
-        self._pending: dict[str, list] = {}
-        self._start = time.time()
-        rows: list[list[str]] = []
-        if self.path.is_file() and resume_step > 0:
-            with open(self.path, newline="") as f:
-                reader = csv.reader(f)
-                header = next(reader, None)
-                if header:
-                    self.columns = header
-                    rows = [r for r in reader if r and int(r[0]) <= resume_step]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", newline="")
-        self._writer = csv.writer(self._file)
-        if self.columns:
-            self._writer.writerow(self.columns)
-            self._writer.writerows(rows)
-            self._file.flush()
-
-    def add(self, metrics: Mapping[str, Any]) -> None:
-        """Keep one step's metrics (device arrays are only fetched at :meth:`write`)."""
-        for name, value in metrics.items():
-            if np.ndim(value) == 0:
-                self._pending.setdefault(name, []).append(value)
-
-    def write(self, step: int, extra: Mapping[str, float] | None = None) -> dict[str, float]:
-        """Average what was added since the last write and log it under ``step``."""
-        values = {name: float(np.mean(jax.device_get(v))) for name, v in self._pending.items()}
-        values.update(extra or {})
-        self._pending = {}
-        if not values:
-            return values
-        if self.columns is None:
-            self.columns = ["step", "seconds"] + sorted(values)
-            self._writer.writerow(self.columns)
-        row = {"step": step, "seconds": round(time.time() - self._start, 3), **values}
-        self._writer.writerow([_csv_value(row.get(c, "")) for c in self.columns])
-        self._file.flush()
-        shown = " | ".join(f"{k} {_fmt(values[k])}" for k in _display_order(values))
-        self.echo(f"step {step} | {shown}")
-        return values
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _csv_value(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _display_order(values: Mapping[str, float]) -> list[str]:
-    first = [k for k in ("loss", "lr") if k in values]
-    return first + sorted(k for k in values if k not in first)
-
-
-# ------------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -196,7 +126,9 @@ class Task:
     checkpoint (JSON); ``schedule`` (optional) is logged as ``lr``. ``step`` may donate its state
     (every task here does), so only the state it returns is valid afterwards. ``abstract``
     (optional): ``(key, first_batch) ->`` the state as ``jax.ShapeDtypeStruct`` leaves with their
-    shardings, what a resumed run restores into; by default ``jax.eval_shape`` of ``init``."""
+    shardings, what a resumed run restores into; by default ``jax.eval_shape`` of ``init``.
+    ``evaluate`` (optional): ``(state, batch) -> metrics`` with at least ``loss``, computed without
+    changing anything (no donation, no update) and the same for the same state and batch."""
 
     init: Callable[[jax.Array, Any], Any]
     step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
@@ -204,6 +136,7 @@ class Task:
     meta: dict = field(default_factory=dict)
     schedule: optax.Schedule | None = None
     abstract: Callable[[jax.Array, Any], Any] | None = None
+    evaluate: Callable[[Any, Any], dict] | None = None
 
     def abstract_state(self, key: jax.Array, batch: Any) -> Any:
         """The state ``init(key, batch)`` would build, as shapes (no memory is allocated)."""
@@ -225,16 +158,32 @@ def train(
     resume: bool = True,
     progress: bool = True,
     after_step: Callable[[int, Any], None] | None = None,
+    holdout_at: Callable[[int], Any] | None = None,
+    holdout_batches: int = 0,
+    evaluate_every: int = 100,
+    tensorboard: bool = True,
+    plot: bool = True,
 ) -> tuple[Any, int]:
     """Train ``task`` up to ``steps`` total steps; returns (state, steps done).
 
-    Writes ``out_dir/checkpoints/<step>/`` and ``out_dir/metrics.csv``. With ``resume`` (default)
-    a run restarts from the latest checkpoint in ``out_dir``; ``resume=False`` refuses to touch an
-    existing one. A Ctrl-C saves a checkpoint before stopping. ``after_step(step, state)`` (optional)
-    runs after every step, its logging and checkpointing (e.g. evaluation hooks).
+    Writes ``out_dir/checkpoints/<step>/``, ``out_dir/metrics.csv``, ``out_dir/tensorboard/`` and
+    ``out_dir/loss.png`` (the last two with the ``train`` extra; ``tensorboard`` / ``plot`` False:
+    not at all). With ``resume`` (default) a run restarts from the latest checkpoint in
+    ``out_dir``; ``resume=False`` refuses to touch an existing one. A Ctrl-C saves a checkpoint
+    before stopping. ``after_step(step, state)`` (optional) runs after every step, its logging and
+    checkpointing (e.g. evaluation hooks).
+
+    Held-out loss: with ``holdout_at`` (batch ``j`` of the held-out set, a pure function of ``j``)
+    and ``holdout_batches`` > 0, every ``evaluate_every`` steps and at the last step the mean of
+    ``task.evaluate(state, holdout_at(j))['loss']`` over ``j < holdout_batches`` is logged as
+    ``holdout_loss`` (such a step is always a logged step). The same batches every time, so the
+    values are comparable along the run and a resumed run logs the same numbers.
     """
-    if steps < 0 or checkpoint_every < 1 or log_every < 1:
-        raise TrainingError("steps must be >= 0, checkpoint_every and log_every >= 1")
+    if steps < 0 or checkpoint_every < 1 or log_every < 1 or evaluate_every < 1:
+        raise TrainingError("steps must be >= 0, checkpoint_every, log_every and evaluate_every >= 1")
+    holding_out = holdout_at is not None and holdout_batches > 0
+    if holding_out and task.evaluate is None:
+        raise TrainingError("this task has no evaluate function, so it cannot log a held-out loss")
     out_dir = Path(out_dir)
     init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
     checkpoints = TrainCheckpoints(out_dir / CHECKPOINT_DIR, keep=keep_checkpoints)
@@ -250,8 +199,13 @@ def train(
         state, meta = checkpoints.restore(latest, task.abstract_state(init_key, batch_at(0)))
         start = int(meta["data_position"])
         print(f"resumed from {checkpoints.directory / str(latest)} (step {meta['step']})")
-    log = MetricsLog(out_dir / METRICS_FILE, resume_step=start, echo=tqdm.write)
+    log = TrainLog(out_dir, resume_step=start, echo=tqdm.write, tensorboard=tensorboard, plot=plot)
     meta = dict(task.meta, seed=seed)
+
+    def holdout_loss() -> float:
+        assert task.evaluate is not None and holdout_at is not None
+        losses = [task.evaluate(state, holdout_at(j))["loss"] for j in range(holdout_batches)]
+        return float(np.mean(jax.device_get(losses)))
 
     saved = start
 
@@ -261,18 +215,24 @@ def train(
         saved = step
 
     step = start
-    bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = progress_bar(steps, initial=start, disable=not progress)
     try:
         while step < steps:
             state, metrics = task.step(state, batch_at(step), jax.random.fold_in(step_key, step))
             step += 1
             log.add(metrics)
             bar.update(1)
-            if step % log_every == 0 or step == steps:
-                extra = {"lr": float(task.schedule(step - 1))} if task.schedule is not None else None
+            evaluating = holding_out and (step % evaluate_every == 0 or step == steps)
+            if step % log_every == 0 or step == steps or evaluating:
+                extra = {"lr": float(task.schedule(step - 1))} if task.schedule is not None else {}
+                if evaluating:
+                    extra["holdout_loss"] = holdout_loss()
                 values = log.write(step, extra)
-                if "loss" in values:
-                    bar.set_postfix(loss=f"{values['loss']:.4g}")
+                if evaluating:
+                    log.plot()
+                shown = {k: f"{values[k]:.4g}" for k in ("loss", "holdout_loss") if k in values}
+                if shown:
+                    bar.set_postfix(shown, refresh=False)
                 if not all(math.isfinite(v) for v in values.values()):
                     raise TrainingError(f"non-finite metrics at step {step}: {values}")
             if step % checkpoint_every == 0 or step == steps:
@@ -322,7 +282,8 @@ def gradient_task(
     (``sharding.make_mesh``): params and optimizer state are created straight into the shards of
     the sharding rules and every batch is split over 'data' (data parallel, plus tensor parallel
     over 'model'); the gradients' all-reduce is XLA's. ``param_axes``: the
-    params' ``sharding.ParamAxes`` (needed with a mesh).
+    params' ``sharding.ParamAxes`` (needed with a mesh). The task's ``evaluate`` is ``loss_fn``
+    with the key ``PRNGKey(EVAL_SEED)`` (jitted, no gradients).
     """
     optimizer = make_optimizer(optim)
     if mesh is not None:
@@ -360,6 +321,11 @@ def gradient_task(
         params = optax.apply_updates(state.params, updates)
         return GradState(params, opt_state), dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
 
+    @jax.jit
+    def loss_only(params: Any, inputs: Any) -> dict:
+        loss, metrics = loss_fn(params, inputs, jax.random.PRNGKey(EVAL_SEED))
+        return dict(metrics, loss=loss)
+
     return Task(
         init=init,
         step=lambda state, batch, key: update(state, prepare(batch), key),
@@ -367,6 +333,7 @@ def gradient_task(
         meta=dict(meta or {}),
         schedule=make_schedule(optim),
         abstract=abstract,
+        evaluate=lambda state, batch: loss_only(state.params, prepare(batch)),
     )
 
 
@@ -381,8 +348,9 @@ def with_param_ema(task: Task, decay: float) -> Task:
     """``task`` that also keeps an exponential moving average of its params, as the original's
     ``--ema`` (decay 0.9999 there): after every step ``ema = decay * ema + (1 - decay) * params``,
     starting from the initial (or fine-tuned) params. The new task's ``params`` are the average (what
-    a model directory gets); its metrics are the inner task's; the average is checkpointed with the
-    state, so a resumed run continues it exactly.
+    a model directory gets); its metrics, and its held-out loss (``evaluate``), are the inner
+    task's: of the params being trained, comparable with the training loss. The average is
+    checkpointed with the state, so a resumed run continues it exactly.
     """
     if not 0.0 < decay < 1.0:
         raise TrainingError(f"the EMA decay must be in (0, 1), got {decay}")
@@ -410,7 +378,12 @@ def with_param_ema(task: Task, decay: float) -> Task:
         meta=dict(task.meta, param_ema_decay=decay),
         schedule=task.schedule,
         abstract=abstract,
+        evaluate=None if task.evaluate is None else _inner_evaluate(task.evaluate),
     )
+
+
+def _inner_evaluate(evaluate: Callable[[Any, Any], dict]) -> Callable[[EMAState, Any], dict]:
+    return lambda state, batch: evaluate(state.inner, batch)
 
 
 def vqvae_task(
@@ -427,12 +400,14 @@ def vqvae_task(
     original ``init_k``); from ``init_params`` (fine-tuning) they are kept and their EMA counts
     set to ``samples_per_batch // hop_L / bins`` per level (the original ``restore_k``;
     ``samples_per_batch`` defaults to batch size x crop samples). ``bandwidth``: the dataset statistics that
-    scale the losses (``data_bandwidth``).
+    scale the losses (``data_bandwidth``). ``evaluate``: the same loss on a batch with no update
+    (no gradient step, no EMA codebook step).
     """
     if bandwidth is None:
         raise TrainingError("vqvae_task needs the dataset bandwidth (see data_bandwidth)")
     optimizer = make_optimizer(optim)
     step_fn = make_train_step(config, optimizer, bandwidth)
+    eval_fn = make_eval_step(config, bandwidth)
 
     def init(key: jax.Array, batch: Any) -> Any:
         init_key, code_key = jax.random.split(key)
@@ -448,6 +423,7 @@ def vqvae_task(
         params=lambda state: state.params,
         meta={"bandwidth": dict(bandwidth)},
         schedule=make_schedule(optim),
+        evaluate=lambda state, batch: eval_fn(state, jnp.asarray(batch.audio)),
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "init_train_state",
     "loss_and_aux",
     "make_train_step",
+    "make_eval_step",
 ]
 
 
@@ -135,3 +136,17 @@ def make_train_step(
         return TrainState(net, tuple(codebooks), tuple(ema), opt_state, state.step + 1), metrics
 
     return step
+
+
+def make_eval_step(config: VQVAEConfig, bandwidth: Mapping[str, float]) -> Callable[[TrainState, jax.Array], dict]:
+    """A jitted ``evaluate(state, x [N, T, 1]) -> metrics``: the loss and metrics of
+    :func:`make_train_step` on ``x`` with nothing updated (no gradients, no EMA codebook step; the
+    state is not donated)."""
+    bandwidth = {k: float(v) for k, v in bandwidth.items()}
+
+    @jax.jit
+    def evaluate(state: TrainState, x: jax.Array) -> dict:
+        loss, aux = loss_and_aux(state.net_params, state.codebooks, x, config, bandwidth)
+        return dict(aux["metrics"], loss=loss)
+
+    return evaluate

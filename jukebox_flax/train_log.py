@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -158,9 +157,10 @@ class TensorBoardLog:
     shows a step twice."""
 
     def __init__(self, tensorboardx: ModuleType, directory: str | Path, purge_step: int):
-        # a random suffix: two starts within one second would otherwise share a file name
+        # a suffix in start order: two starts within one second would otherwise share a file name (and
+        # TensorBoard reads the files of a folder in name order)
         self.writer = tensorboardx.SummaryWriter(
-            str(directory), purge_step=purge_step, filename_suffix=f".{secrets.token_hex(4)}"
+            str(directory), purge_step=purge_step, filename_suffix=f".{time.time_ns()}"
         )
 
     def write(self, step: int, values: Mapping[str, float]) -> None:

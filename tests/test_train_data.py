@@ -4,6 +4,7 @@ split, the VQ-VAE's evaluation, and ``jukebox-flax train prior`` on such a folde
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -214,8 +215,9 @@ def test_cli_trains_priors_on_a_folder_without_metadata_with_holdout(audio_only,
     assert all(np.isfinite(float(r["holdout_loss"])) for r in rows if r["holdout_loss"])
     prior = load_prior(tmp_path / "labelled" / "model")
     assert prior.vocab["artists"] == {"unknown": 0} and prior.vocab["genres"] == {"unknown": 0}
-    assert list((tmp_path / "labelled" / "tensorboard").glob("events.out.tfevents.*"))
-    assert (tmp_path / "labelled" / "loss.png").stat().st_size > 1000
+    if importlib.util.find_spec("tensorboardX") and importlib.util.find_spec("matplotlib"):  # the train extra
+        assert list((tmp_path / "labelled" / "tensorboard").glob("events.out.tfevents.*"))
+        assert (tmp_path / "labelled" / "loss.png").stat().st_size > 1000
 
     unconditioned = {k: v for k, v in TINY_PRIOR.items() if k not in ("lyrics", "n_tokens", "attn_order")}
     unconditioned.update(labels=False, attn_order=1)

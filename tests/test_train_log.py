@@ -142,6 +142,7 @@ class Killed(Exception):
 
 
 def test_resume_with_holdout_gives_the_same_csv_and_tensorboard(split, tmp_path):
+    pytest.importorskip("tensorboardX", reason="the train extra")
     run_linear(split, tmp_path / "ref", 7, log_every=1)
 
     def kill(step, state):
@@ -173,7 +174,8 @@ def test_resume_with_holdout_gives_the_same_csv_and_tensorboard(split, tmp_path)
 
 
 def test_loss_plot_is_a_png(split, tmp_path):
-    from PIL import Image
+    pytest.importorskip("matplotlib", reason="the train extra")
+    from PIL import Image  # a dependency of matplotlib
 
     run_linear(split, tmp_path, 4)
     png = tmp_path / "loss.png"

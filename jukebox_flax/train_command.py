@@ -27,8 +27,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from . import training
-from .config import PriorConfig, VQVAEConfig, config_from_dict, preset
+from . import train_plan, training
+from .checkpoint import load_config
+from .config import JukeboxConfig, PriorConfig, VQVAEConfig, config_from_dict, preset
 from .data import AudioDataset, Song, find_metadata, holdout_split, labeller_for_songs, read_metadata, songs_in_folder
 from .errors import JukeboxError, TrainingError
 from .labels import Labeller
@@ -213,11 +214,35 @@ def config_from_args(args: Any, kind: type) -> Any:
 
 def _not_yet(args: Any) -> None:
     """Options being built (each owner replaces its own check)."""
-    for flag, default in (("remat", "none"), ("precision", "float32"), ("accumulate", 1), ("dry_run", False)):
-        if getattr(args, flag) != default:
-            raise TrainingError(f"--{flag.replace('_', '-')} is not available yet")
     if getattr(args, "codes", None):
         raise TrainingError("--codes is not available yet")
+
+
+def _check_memory_args(args: Any, kind: str) -> None:
+    """--accumulate / --remat / --precision that this trainer cannot take."""
+    if args.accumulate < 1 or args.batch % args.accumulate:
+        raise TrainingError(f"--batch {args.batch} does not split into --accumulate {args.accumulate} micro-batches")
+    if kind == "vqvae" and args.remat != "none":
+        raise TrainingError("--remat applies to the priors' transformers; the VQ-VAE keeps its activations")
+    if kind == "vqvae" and args.precision == "float16":
+        raise TrainingError("the VQ-VAE trains in float32 or bfloat16 (float16 needs loss scaling: priors only)")
+
+
+def _plan_config(args: Any, kind: type) -> Any:
+    """The config of a dry run: --config / --preset, or --init-from's config.json alone (no params)."""
+    config = config_from_args(args, kind)
+    if config is not None:
+        return config
+    stored = load_config(args.init_from)
+    if isinstance(stored, JukeboxConfig):
+        stored = stored.vqvae if kind is VQVAEConfig else stored.priors[-1 if args.level is None else args.level]
+    if not isinstance(stored, kind):
+        raise TrainingError(f"{args.init_from} holds a {type(stored).__name__}, this command trains a {kind.__name__}")
+    return stored
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    print(plan.to_json() if as_json else plan.table())
 
 
 def _require_data(args: Any) -> str:
@@ -290,6 +315,20 @@ def _train_loop(
 def run_train_vqvae(args: argparse.Namespace) -> None:
     """``jukebox-flax train vqvae``: see the module docstring."""
     _not_yet(args)
+    _check_memory_args(args, "vqvae")
+    if args.dry_run:
+        config = _plan_config(args, VQVAEConfig)
+        if args.sample_length % config.hop_length:
+            raise TrainingError(f"--sample-length must be a multiple of {config.hop_length}")
+        plan = train_plan.plan_vqvae_step(
+            config,
+            optim_from_args(args),
+            args.batch,
+            args.sample_length,
+            precision=args.precision,
+            accumulate=args.accumulate,
+        )
+        return _print_plan(plan, args.json)
     init_params = None
     config = config_from_args(args, VQVAEConfig)
     if config is None:  # --init-from
@@ -302,7 +341,14 @@ def run_train_vqvae(args: argparse.Namespace) -> None:
     holdout = AudioDataset(held_out, args.sample_length, sr=config.sr) if held_out else None
     bandwidth = training.data_bandwidth(dataset, args.bandwidth_examples, args.seed)
     print(f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; bandwidth {bandwidth}")
-    task = training.vqvae_task(config, optim_from_args(args), init_params=init_params, bandwidth=bandwidth)
+    task = training.vqvae_task(
+        config,
+        optim_from_args(args),
+        init_params=init_params,
+        bandwidth=bandwidth,
+        precision=args.precision,
+        accumulate=args.accumulate,
+    )
     state, step = _train_loop(task, dataset, args, holdout)
     path = training.export_model(f"{args.out}/model", task.params(state), config)
     print(f"step {step}: wrote {path}")
@@ -333,6 +379,17 @@ def _labeller(args: Any, config: PriorConfig, songs: Any, vocab: dict | None) ->
 def run_train_prior(args: argparse.Namespace) -> None:
     """``jukebox-flax train prior``: see the module docstring."""
     _not_yet(args)
+    _check_memory_args(args, "prior")
+    if args.dry_run:
+        plan = train_plan.plan_prior_step(
+            _plan_config(args, PriorConfig),
+            optim_from_args(args),
+            args.batch,
+            precision=args.precision,
+            remat=args.remat,
+            accumulate=args.accumulate,
+        )
+        return _print_plan(plan, args.json)
     init_params, vocab = None, None
     config = config_from_args(args, PriorConfig)
     if config is None:  # --init-from
@@ -353,7 +410,15 @@ def run_train_prior(args: argparse.Namespace) -> None:
         f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
         f"{config.n_ctx} tokens = {config.sample_length} samples per crop"
     )
-    task = training.prior_task(config, optim_from_args(args), vqvae, init_params=init_params)
+    task = training.prior_task(
+        config,
+        optim_from_args(args),
+        vqvae,
+        init_params=init_params,
+        precision=args.precision,
+        accumulate=args.accumulate,
+        remat=args.remat,
+    )
     if args.ema:
         task = training.with_param_ema(task, args.ema)
     state, step = _train_loop(task, dataset, args, holdout)

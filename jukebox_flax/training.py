@@ -40,11 +40,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from .checkpoint import save_model_dir
 from .errors import TrainingError
+from .mixed_precision import (
+    LossScaleConfig,
+    LossScaleState,
+    all_finite,
+    cast_floats,
+    compute_dtype,
+    init_loss_scale,
+    select_tree,
+    update_loss_scale,
+)
 from .optim import OptimConfig, make_optimizer, make_schedule
+from .precision import cast_params
 from .prior.api import init_prior_params, load_prior
 from .prior.conditioners import check_labels
 from .prior.prior import JukeboxPrior
@@ -65,11 +77,14 @@ __all__ = [
     "Task",
     "train",
     "GradState",
+    "ScaledGradState",
+    "split_micro_batches",
     "gradient_task",
     "EMAState",
     "with_param_ema",
     "vqvae_task",
     "prior_task",
+    "prior_cast",
     "data_bandwidth",
     "load_component",
     "export_model",
@@ -128,7 +143,10 @@ class Task:
     (optional): ``(key, first_batch) ->`` the state as ``jax.ShapeDtypeStruct`` leaves with their
     shardings, what a resumed run restores into; by default ``jax.eval_shape`` of ``init``.
     ``evaluate`` (optional): ``(state, batch) -> metrics`` with at least ``loss``, computed without
-    changing anything (no donation, no update) and the same for the same state and batch."""
+    changing anything (no donation, no update) and the same for the same state and batch.
+
+    ``update`` (optional): the jitted ``(state, inputs, key) -> (state, metrics)`` that ``step``
+    runs on ``prepare(batch)``, what ``train_plan`` compiles from shapes alone."""
 
     init: Callable[[jax.Array, Any], Any]
     step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
@@ -137,6 +155,8 @@ class Task:
     schedule: optax.Schedule | None = None
     abstract: Callable[[jax.Array, Any], Any] | None = None
     evaluate: Callable[[Any, Any], dict] | None = None
+    update: Any = None
+    prepare: Callable[[Any], Any] | None = None
 
     def abstract_state(self, key: jax.Array, batch: Any) -> Any:
         """The state ``init(key, batch)`` would build, as shapes (no memory is allocated)."""
@@ -263,6 +283,25 @@ class GradState(NamedTuple):
     opt_state: Any
 
 
+class ScaledGradState(NamedTuple):
+    """:class:`GradState` of float16 training, with its dynamic loss scale (``mixed_precision``)."""
+
+    params: Any
+    opt_state: Any
+    loss_scale: LossScaleState
+
+
+def split_micro_batches(inputs: Any, accumulate: int) -> Any:
+    """Every leaf [B, ...] of ``inputs`` as [accumulate, B / accumulate, ...] (micro-batch first)."""
+
+    def split(x: Any) -> Any:
+        if x.shape[0] % accumulate:
+            raise TrainingError(f"the batch of {x.shape[0]} does not split into {accumulate} equal micro-batches")
+        return x.reshape(accumulate, x.shape[0] // accumulate, *x.shape[1:])
+
+    return jax.tree.map(split, inputs)
+
+
 def gradient_task(
     init_params: Any,
     loss_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, dict]],
@@ -271,6 +310,11 @@ def gradient_task(
     meta: dict | None = None,
     mesh: Any = None,
     param_axes: Any = None,
+    *,
+    precision: str = "float32",
+    accumulate: int = 1,
+    cast: Callable[[Any, Any], Any] = cast_floats,
+    loss_scale: LossScaleConfig | None = None,
 ) -> Task:
     """A task for any model trained by gradients alone.
 
@@ -284,7 +328,22 @@ def gradient_task(
     over 'model'); the gradients' all-reduce is XLA's. ``param_axes``: the
     params' ``sharding.ParamAxes`` (needed with a mesh). The task's ``evaluate`` is ``loss_fn``
     with the key ``PRNGKey(EVAL_SEED)`` (jitted, no gradients).
+
+    ``precision`` (``mixed_precision.TRAIN_PRECISIONS``): the state's params and optimizer state are
+    always float32; with 'bfloat16' / 'float16' ``loss_fn`` gets ``cast(params, dtype)`` (its own
+    activations in that dtype are the loss function's business), and 'float16' adds dynamic loss
+    scaling (``loss_scale``, default the original's; the state is then a :class:`ScaledGradState`
+    and the metrics add ``loss_scale`` and ``skipped``: a skipped step logs its non-finite metrics
+    as 0). ``accumulate``: every batch (the total batch, leading axis) is split into that many
+    micro-batches, run one after another (``lax.scan``) with the gradients averaged, then one
+    optimizer step: the same update as the whole batch at a fraction of the activation memory.
+    Micro-batch i gets the key ``fold_in(key, i)``.
     """
+    if accumulate < 1:
+        raise TrainingError(f"accumulate must be >= 1, got {accumulate}")
+    dtype = compute_dtype(precision)
+    scaled = precision == "float16"
+    scale_config = loss_scale or LossScaleConfig()
     optimizer = make_optimizer(optim)
     if mesh is not None:
         prepare_one = prepare
@@ -292,39 +351,89 @@ def gradient_task(
 
     given = None if callable(init_params) else init_params
 
-    def initializer(key: jax.Array, batch: Any) -> Callable[[jax.Array, Any], GradState]:
+    def initializer(key: jax.Array, batch: Any) -> Callable[[jax.Array, Any], Any]:
         """The init as one jitted function of (key, given params), placed by the rules on a mesh."""
 
-        def new_state(key: jax.Array, given: Any) -> GradState:
+        def new_state(key: jax.Array, given: Any) -> Any:
             params = init_params(key, batch) if given is None else given
+            if scaled:
+                return ScaledGradState(params, optimizer.init(params), init_loss_scale(scale_config))
             return GradState(params, optimizer.init(params))
 
         if mesh is None:
             return jax.jit(new_state)
         shapes = jax.eval_shape(new_state, key, given)
         # the moments' leaf paths end like the params', so the same rules place them
-        shardings = GradState(
-            param_shardings(shapes.params, mesh, param_axes), param_shardings(shapes.opt_state, mesh, param_axes)
-        )
-        return jax.jit(new_state, out_shardings=shardings)
+        shardings = [
+            param_shardings(shapes.params, mesh, param_axes),
+            param_shardings(shapes.opt_state, mesh, param_axes),
+        ]
+        if scaled:
+            replicated = NamedSharding(mesh, PartitionSpec())
+            shardings.append(jax.tree.map(lambda _: replicated, shapes.loss_scale))
+        return jax.jit(new_state, out_shardings=type(shapes)(*shardings))
 
-    def init(key: jax.Array, batch: Any) -> GradState:
+    def init(key: jax.Array, batch: Any) -> Any:
         return initializer(key, batch)(key, given)
 
-    def abstract(key: jax.Array, batch: Any) -> GradState:
+    def abstract(key: jax.Array, batch: Any) -> Any:
         return jax.eval_shape(initializer(key, batch), key, given)
 
+    def micro_grads(params: Any, inputs: Any, key: jax.Array, scale: Any) -> tuple[jax.Array, dict, Any]:
+        """(loss, metrics, gradients x scale) of one (micro-)batch."""
+
+        def objective(p: Any) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+            loss, metrics = loss_fn(p if dtype == jnp.float32 else cast(p, dtype), inputs, key)
+            loss = loss.astype(jnp.float32)
+            return (loss if scale is None else loss * scale), (loss, metrics)
+
+        (_, (loss, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return loss, metrics, grads
+
+    def gradients(params: Any, inputs: Any, key: jax.Array, scale: Any) -> tuple[jax.Array, dict, Any]:
+        """(loss, metrics, gradients) of the whole batch, averaged over the micro-batches, unscaled."""
+        if accumulate == 1:
+            loss, metrics, grads = micro_grads(params, inputs, key, scale)
+        else:
+
+            def body(total: Any, xs: tuple) -> tuple[Any, tuple]:
+                micro, i = xs
+                loss, metrics, grads = micro_grads(params, micro, jax.random.fold_in(key, i), scale)
+                return jax.tree.map(jnp.add, total, grads), (loss, metrics)
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            micro_batches = (split_micro_batches(inputs, accumulate), jnp.arange(accumulate))
+            grads, (losses, metrics) = jax.lax.scan(body, zeros, micro_batches)
+            grads = jax.tree.map(lambda g: g / accumulate, grads)
+            loss, metrics = losses.mean(), jax.tree.map(lambda m: m.mean(0), metrics)
+        if scale is not None:
+            grads = jax.tree.map(lambda g: g / scale, grads)
+        return loss, metrics, grads
+
     @functools.partial(jax.jit, donate_argnums=0)
-    def update(state: GradState, inputs: Any, key: jax.Array) -> tuple[GradState, dict]:
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, inputs, key)
+    def update(state: Any, inputs: Any, key: jax.Array) -> tuple[Any, dict]:
+        scale = state.loss_scale.scale if scaled else None
+        loss, metrics, grads = gradients(state.params, inputs, key, scale)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return GradState(params, opt_state), dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        if not scaled:
+            return GradState(params, opt_state), metrics
+        finite = all_finite(grads) & jnp.isfinite(loss)
+        params = select_tree(finite, params, state.params)
+        opt_state = select_tree(finite, opt_state, state.opt_state)
+        new_scale = update_loss_scale(state.loss_scale, finite, scale_config)
+        metrics = {k: jnp.where(jnp.isfinite(v), v, 0.0) for k, v in metrics.items()}
+        metrics.update(loss_scale=new_scale.scale, skipped=(~finite).astype(jnp.float32))
+        return ScaledGradState(params, opt_state, new_scale), metrics
 
     @jax.jit
     def loss_only(params: Any, inputs: Any) -> dict:
-        loss, metrics = loss_fn(params, inputs, jax.random.PRNGKey(EVAL_SEED))
-        return dict(metrics, loss=loss)
+        # the held-out loss in the training's own compute dtype, so the two curves compare
+        loss, metrics = loss_fn(
+            params if dtype == jnp.float32 else cast(params, dtype), inputs, jax.random.PRNGKey(EVAL_SEED)
+        )
+        return dict(metrics, loss=loss.astype(jnp.float32))
 
     return Task(
         init=init,
@@ -334,6 +443,8 @@ def gradient_task(
         schedule=make_schedule(optim),
         abstract=abstract,
         evaluate=lambda state, batch: loss_only(state.params, prepare(batch)),
+        update=update,
+        prepare=prepare,
     )
 
 
@@ -393,6 +504,8 @@ def vqvae_task(
     init_params: Mapping | None = None,
     bandwidth: Mapping[str, float] | None = None,
     samples_per_batch: int | None = None,
+    precision: str = "float32",
+    accumulate: int = 1,
 ) -> Task:
     """Train a VQ-VAE (``VQVAEConfig``) on batches of audio.
 
@@ -402,12 +515,25 @@ def vqvae_task(
     ``samples_per_batch`` defaults to batch size x crop samples). ``bandwidth``: the dataset statistics that
     scale the losses (``data_bandwidth``). ``evaluate``: the same loss on a batch with no update
     (no gradient step, no EMA codebook step).
+    ``precision``: 'float32' or 'bfloat16' (float32 state,
+    the forward and backward on a bfloat16 copy: ``vqvae.train.loss_and_aux``); float16 would need
+    loss scaling, which only the priors' tasks have. ``accumulate``: micro-batches per step
+    (``vqvae.train.make_train_step``).
     """
     if bandwidth is None:
         raise TrainingError("vqvae_task needs the dataset bandwidth (see data_bandwidth)")
+    if precision == "float16":
+        raise TrainingError("the VQ-VAE trains in float32 or bfloat16 (float16 needs loss scaling: prior tasks only)")
+    if accumulate < 1:
+        raise TrainingError(f"accumulate must be >= 1, got {accumulate}")
     optimizer = make_optimizer(optim)
-    step_fn = make_train_step(config, optimizer, bandwidth)
+    step_fn = make_train_step(config, optimizer, bandwidth, compute_dtype(precision), accumulate)
     eval_fn = make_eval_step(config, bandwidth)
+
+    def prepare(batch: Any) -> jax.Array:
+        if batch.audio.shape[0] % accumulate:
+            raise TrainingError(f"the batch of {batch.audio.shape[0]} does not split into {accumulate} micro-batches")
+        return jnp.asarray(batch.audio)
 
     def init(key: jax.Array, batch: Any) -> Any:
         init_key, code_key = jax.random.split(key)
@@ -419,11 +545,13 @@ def vqvae_task(
 
     return Task(
         init=init,
-        step=lambda state, batch, key: step_fn(state, jnp.asarray(batch.audio), key),
+        step=lambda state, batch, key: step_fn(state, prepare(batch), key),
         params=lambda state: state.params,
         meta={"bandwidth": dict(bandwidth)},
         schedule=make_schedule(optim),
         evaluate=lambda state, batch: eval_fn(state, jnp.asarray(batch.audio)),
+        update=step_fn,
+        prepare=prepare,
     )
 
 
@@ -439,9 +567,15 @@ def prior_task(
     *,
     init_params: Mapping | None = None,
     mesh: Any = None,
+    precision: str = "float32",
+    accumulate: int = 1,
+    remat: str = "none",
 ) -> Task:
-    """Train one prior level (``PriorConfig``) on batches of audio and labels (``mesh``: see
-    :func:`gradient_task`).
+    """Train one prior level (``PriorConfig``) on batches of audio and labels (``mesh``,
+    ``precision``, ``accumulate``: see :func:`gradient_task`; with bfloat16 / float16 the
+    transformers compute in that dtype on a copy of their matmul kernels, the rest in float32, as
+    the released sampling mode; ``remat``: 'none', 'attention' or 'block', the transformer layers'
+    recomputation in the backward pass, ``transformer.remat_block``).
 
     ``vqvae``: a loaded :class:`jukebox_flax.vqvae.api.VQVAE` (frozen). Every step encodes the
     batch's audio, takes the codes of ``config.level`` as tokens and, for an upsampler, those of the
@@ -453,7 +587,7 @@ def prior_task(
         raise TrainingError("the prior's downs_t/strides_t differ from the VQ-VAE's")
     if vq_config.l_bins != config.bins:
         raise TrainingError(f"the prior has {config.bins} bins, the VQ-VAE {vq_config.l_bins}")
-    module = JukeboxPrior(config)
+    module = JukeboxPrior(config, dtype=compute_dtype(precision), remat=remat)
     vq_module = VQVAEModule(vq_config)
     vq_params = vqvae.params
 
@@ -479,8 +613,22 @@ def prior_task(
 
     axes = None if mesh is None else module.param_axes()
     return gradient_task(
-        init if init_params is None else init_params, loss_fn, optim, prepare=prepare, mesh=mesh, param_axes=axes
+        init if init_params is None else init_params,
+        loss_fn,
+        optim,
+        prepare=prepare,
+        mesh=mesh,
+        param_axes=axes,
+        precision=precision,
+        accumulate=accumulate,
+        cast=prior_cast,
     )
+
+
+def prior_cast(params: Any, dtype: Any) -> Any:
+    """A prior's params as its mixed-precision training computes on them: the transformers' matmul
+    kernels in ``dtype``, every other param float32 (``precision.cast_params(..., released=True)``)."""
+    return cast_params(params, dtype, released=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Interface (other modules code against this)
 ``Autoregressive(config, scan_layers=True)`` (a Linen module; ``config`` a ``TransformerConfig``, built
 by ``TransformerConfig.from_prior(prior_config)`` or ``.from_prior(prior_config, lyric_encoder=True)``)
 over ``config.n_ctx`` positions (all of them: lyrics + music for a single encoder-decoder) and a
-vocabulary of ``config.bins`` tokens. ``scan_layers``: see ``transformer.py`` (same results).
+vocabulary of ``config.bins`` tokens. ``scan_layers``: see ``transformer.py`` (same results);
+``remat`` ('none', 'attention', 'block'): what the transformer recomputes per layer in the backward
+pass (training memory; same params and results).
 
 - ``model.apply({'params': p}, tokens, x_cond=None, y_cond=None, encoder_kv=None)``: teacher forcing
   exactly as the original forward. tokens int [B, T] (T <= n_ctx, a multiple of block_ctx; normally
@@ -77,6 +79,7 @@ class Autoregressive(nn.Module):
 
     config: TransformerConfig
     scan_layers: bool = True
+    remat: str = "none"  # the transformer's per-layer recomputation in the backward pass (``transformer.remat_block``)
 
     def setup(self) -> None:
         c = self.config
@@ -100,7 +103,7 @@ class Autoregressive(nn.Module):
             (c.n_ctx, c.width),
             c.param_dtype,
         )
-        self.transformer = Transformer(c, self.scan_layers)
+        self.transformer = Transformer(c, self.scan_layers, self.remat)
         if c.merged_decoder and not c.only_encode:
             self.x_out = nn.Dense(
                 c.bins,

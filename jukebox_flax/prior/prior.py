@@ -14,6 +14,8 @@
 
 ``JukeboxPrior(config, scan_layers=True)``: ``scan_layers=False`` runs both transformers with every
 layer unrolled, on the params of ``unroll_layers`` (see ``transformer.py``; same results).
+``remat='attention'|'block'`` recomputes each layer's attention / whole block in the backward pass
+(``transformer.remat_block``: training memory; same params, same results).
 
 Methods (use with ``module.apply({'params': p}, ..., method=JukeboxPrior.<name>)``):
 
@@ -171,6 +173,7 @@ class JukeboxPrior(nn.Module):
     dtype: Any = jnp.float32  # the transformers' activation dtype (float16/bfloat16 = the original's fp16 mode)
     param_dtype: Any = jnp.float32
     scan_layers: bool = True  # False: every transformer layer unrolled (params from ``unroll_layers``)
+    remat: str = "none"  # training memory: 'attention' / 'block' recompute per layer in the backward pass
 
     def setup(self) -> None:
         c = self.config
@@ -180,7 +183,7 @@ class JukeboxPrior(nn.Module):
             self.label_conditioner = LabelConditioner(c)
         if c.lyrics == "separate":
             enc = TransformerConfig.from_prior(c, True, self.dtype, self.param_dtype)
-            self.lyric_encoder = Autoregressive(enc, self.scan_layers)
+            self.lyric_encoder = Autoregressive(enc, self.scan_layers, self.remat)
             self.lyric_proj = nn.Dense(
                 c.width,
                 dtype=jnp.float32,
@@ -196,7 +199,7 @@ class JukeboxPrior(nn.Module):
                 param_dtype=self.param_dtype,
                 kernel_init=partitioned(nn.initializers.normal(0.02 * c.init_scale), ("embed", "vocab")),
             )
-        self.prior = Autoregressive(self.autoregressive_config(), self.scan_layers)
+        self.prior = Autoregressive(self.autoregressive_config(), self.scan_layers, self.remat)
 
     # -- conditioning --------------------------------------------------------------------------
     def encode_lyrics(self, prime: Array) -> Array:

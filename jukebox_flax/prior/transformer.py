@@ -81,11 +81,14 @@ __all__ = [
     "MLP",
     "FactoredAttention",
     "ResAttnBlock",
+    "REMAT_MODES",
+    "remat_block",
     "Transformer",
 ]
 
 Array = jax.Array
 Axes = tuple[str | None, ...]
+REMAT_MODES = ("none", "attention", "block")  # what the backward pass recomputes per layer (``remat_block``)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,12 +443,18 @@ class FactoredAttention(nn.Module):
 
 
 class ResAttnBlock(nn.Module):
+    """``remat='attention'``: the attention (c_attn, the sparse attention, c_proj) is recomputed in the
+    backward pass instead of keeping its activations (the original's ``c_attn`` checkpointing); the
+    whole block's remat (``c_res``) wraps this module from outside (``remat_block``)."""
+
     attn_type: str
     config: TransformerConfig
+    remat: str = "none"
 
     def setup(self) -> None:
         c = self.config
-        self.attn = FactoredAttention(self.attn_type, c)
+        attention = nn.remat(FactoredAttention) if self.remat == "attention" else FactoredAttention
+        self.attn = attention(self.attn_type, c)
         self.ln_0 = LayerNorm(param_dtype=c.param_dtype)
         zero = c.zero_out or self.attn_type == "cross"
         self.mlp = MLP(c.width, int(c.m_mlp * c.width), c.init_scale, zero, c.param_dtype)
@@ -473,16 +482,28 @@ class ResAttnBlock(nn.Module):
         return self._residual(x, a), w
 
 
+def remat_block(remat: str) -> Any:
+    """The layer class of a ``remat`` mode (``REMAT_MODES``): 'block' recomputes the whole residual
+    block in the backward pass (only its input is kept: the original's ``c_res``), 'attention' its
+    attention part, 'none' keeps every activation. Wrapping changes no param name, so the param tree
+    is the same in every mode; it only matters under ``jax.grad`` (a forward runs as without)."""
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat must be one of {', '.join(REMAT_MODES)}, got {remat!r}")
+    return nn.remat(ResAttnBlock) if remat == "block" else ResAttnBlock
+
+
 class _Unit(nn.Module):
     """One copy of a scanned run's unit of layers (submodules ``unit_{j}``): the bodies of its
     ``nn.scan``, one per path. Each takes (carry, per-repeat inputs, encoder_kv, start)."""
 
     unit: tuple[str, ...]
     config: TransformerConfig
+    remat: str = "none"
 
     def setup(self) -> None:
+        block = remat_block(self.remat)
         for j, attn_type in enumerate(self.unit):
-            setattr(self, f"unit_{j}", ResAttnBlock(attn_type, self.config))
+            setattr(self, f"unit_{j}", block(attn_type, self.config, self.remat))
 
     def _blocks(self) -> list[ResAttnBlock]:
         return [getattr(self, f"unit_{j}") for j in range(len(self.unit))]
@@ -521,16 +542,19 @@ class _Unit(nn.Module):
 
 class Transformer(nn.Module):
     """The layer stack of ``config.layout``; ``scan_layers``: scanned runs (the stored tree) or every
-    layer unrolled (the tree of ``unroll_params``)."""
+    layer unrolled (the tree of ``unroll_params``); ``remat`` (``REMAT_MODES``): activations recomputed
+    in the backward pass per layer, see ``remat_block`` (same params, same results)."""
 
     config: TransformerConfig
     scan_layers: bool = True
+    remat: str = "none"
 
     def setup(self) -> None:
         c = self.config
+        block = remat_block(self.remat)
         if not self.scan_layers:
             for i, attn_type in enumerate(c.layout):
-                setattr(self, f"layer_{i}", ResAttnBlock(attn_type, c))
+                setattr(self, f"layer_{i}", block(attn_type, c, self.remat))
             return
         for seg in c.segments:
             if seg.scanned:
@@ -543,9 +567,9 @@ class Transformer(nn.Module):
                     metadata_params={nn.PARTITION_NAME: "layers"},
                     methods=["__call__", "attention_weights", "features"],
                 )
-                setattr(self, seg.key, scanned(seg.unit, c))
+                setattr(self, seg.key, scanned(seg.unit, c, self.remat))
             else:
-                setattr(self, seg.key, ResAttnBlock(seg.unit[0], c))
+                setattr(self, seg.key, block(seg.unit[0], c, self.remat))
 
     def __call__(
         self, x: Array, encoder_kv: Array | None = None, *, cache: dict | None = None, start: Array | None = None

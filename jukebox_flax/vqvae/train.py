@@ -90,9 +90,22 @@ def init_train_state(
 
 
 def loss_and_aux(
-    net_params: Mapping, codebooks: tuple, x: jax.Array, config: VQVAEConfig, bandwidth: Mapping[str, float]
+    net_params: Mapping,
+    codebooks: tuple,
+    x: jax.Array,
+    config: VQVAEConfig,
+    bandwidth: Mapping[str, float],
+    dtype: Any = jnp.float32,
 ) -> tuple[jax.Array, dict]:
-    """The original ``VQVAE.forward`` loss; aux holds the metrics, latents and codes per level."""
+    """The original ``VQVAE.forward`` loss; aux holds the metrics, latents and codes per level.
+
+    ``dtype`` (mixed precision): the forward and backward run on a copy of the params, codebooks
+    and audio in that dtype (the quantiser's distances and the loss stay float32); the gradients
+    come back in the params' dtype."""
+    if dtype != jnp.float32:
+        net_params = jax.tree.map(lambda p: p.astype(dtype), net_params)
+        codebooks = tuple(k.astype(dtype) for k in codebooks)
+        x = x.astype(dtype)
     params = merge_codebooks(net_params, tuple(jax.lax.stop_gradient(k) for k in codebooks))
     out = cast(dict, VQVAEModule(config).apply({"params": params}, x, method=VQVAEModule.forward))
     loss, metrics = vqvae_loss(x, out["x_outs"], out["commit_losses"], config, bandwidth)
@@ -103,18 +116,46 @@ def make_train_step(
     config: VQVAEConfig,
     optimizer: optax.GradientTransformation,
     bandwidth: Mapping[str, float],
+    dtype: Any = jnp.float32,
+    accumulate: int = 1,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """A jitted ``step(state, x [N, T, 1], key) -> (state, metrics)``: gradient step, then EMA codebooks.
 
     ``state`` is donated (updated in place): use the returned state only. ``optimizer``: see
-    :func:`jukebox_flax.optim.make_optimizer`.
+    :func:`jukebox_flax.optim.make_optimizer`. ``dtype``: the compute dtype of the forward and
+    backward (:func:`loss_and_aux`; the state stays float32). ``accumulate``: the batch is run as
+    that many micro-batches (``lax.scan``) with their gradients averaged; the EMA codebook update
+    sees the latents and codes of the whole batch, as without.
     """
     bandwidth = {k: float(v) for k, v in bandwidth.items()}
+    grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
+
+    def gradients(state: TrainState, x: jax.Array) -> tuple[jax.Array, dict, Any]:
+        if accumulate == 1:
+            (loss, aux), grads = grad_fn(state.net_params, state.codebooks, x, config, bandwidth, dtype)
+            return loss, aux, grads
+        if x.shape[0] % accumulate:
+            raise ValueError(f"the batch of {x.shape[0]} does not split into {accumulate} equal micro-batches")
+
+        def body(total: Any, micro: jax.Array) -> tuple[Any, tuple]:
+            (loss, aux), grads = grad_fn(state.net_params, state.codebooks, micro, config, bandwidth, dtype)
+            return jax.tree.map(jnp.add, total, grads), (loss, aux)
+
+        micro = x.reshape(accumulate, x.shape[0] // accumulate, *x.shape[1:])
+        zeros = jax.tree.map(jnp.zeros_like, state.net_params)
+        grads, (losses, aux) = jax.lax.scan(body, zeros, micro)
+        whole = lambda a: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])  # noqa: E731
+        aux = dict(
+            metrics=jax.tree.map(lambda m: m.mean(0), aux["metrics"]),
+            latents=[whole(z) for z in aux["latents"]],
+            codes=[whole(c) for c in aux["codes"]],
+            fits=[f.mean(0) for f in aux["fits"]],
+        )
+        return losses.mean(), aux, jax.tree.map(lambda g: g / accumulate, grads)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(state: TrainState, x: jax.Array, key: jax.Array) -> tuple[TrainState, dict]:
-        grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
-        (loss, aux), grads = grad_fn(state.net_params, state.codebooks, x, config, bandwidth)
+        loss, aux, grads = gradients(state, x)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.net_params)
         net = optax.apply_updates(state.net_params, updates)
         codebooks, ema = [], []

@@ -25,6 +25,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from . import training
+from .codes_dataset import CodesDataset, check_identity
+from .codes_dataset import songs_of as codes_songs
 from .config import PriorConfig, VQVAEConfig, config_from_dict, preset
 from .data import AudioDataset, labeller_for_songs, read_metadata
 from .errors import JukeboxError, TrainingError
@@ -211,8 +213,6 @@ def _not_yet(args: Any) -> None:
             raise TrainingError(f"--{flag.replace('_', '-')} is not available yet")
     if args.holdout:
         raise TrainingError("--holdout is not available yet")
-    if getattr(args, "codes", None):
-        raise TrainingError("--codes is not available yet")
 
 
 def _require_data(args: Any) -> str:
@@ -287,6 +287,18 @@ def _find_metadata(folder: str) -> Path:
     raise TrainingError(f"{folder} has no metadata.csv or metadata.jsonl; pass --metadata")
 
 
+def _codes_source(args: Any, config: PriorConfig, vocab: dict | None) -> tuple[Labeller | None, CodesDataset, None]:
+    """``--codes DIR``: the labeller and the dataset of an encode-dataset output (the index names
+    the VQ-VAE; a ``--vqvae`` given too must be that one)."""
+    if args.data:
+        raise TrainingError("--codes replaces --data (the codes' index lists the songs)")
+    labeller = _labeller(args, config, codes_songs(args.codes), vocab)
+    dataset = CodesDataset(args.codes, config, labeller)
+    if args.vqvae:
+        check_identity(args.codes, load_vqvae(args.vqvae))
+    return labeller, dataset, None
+
+
 def run_train_prior(args: argparse.Namespace) -> None:
     """``jukebox-flax train prior``: see the module docstring."""
     _not_yet(args)
@@ -295,14 +307,17 @@ def run_train_prior(args: argparse.Namespace) -> None:
     if config is None:  # --init-from
         prior = load_prior(args.init_from, args.level, dtype=jnp.float32)  # a whole model: the top level unless --level
         init_params, config, vocab = prior.params, prior.config, prior.vocab
-    if not args.vqvae:
-        raise TrainingError("--vqvae is required (the VQ-VAE that encodes the audio)")
-
-    data = _require_data(args)
-    songs = read_metadata(args.metadata or _find_metadata(data))
-    labeller = _labeller(args, config, songs, vocab)
-    vqvae = load_vqvae(args.vqvae)
-    dataset = AudioDataset(songs, config.sample_length, labeller, sr=config.sr)
+    dataset: AudioDataset | CodesDataset
+    if args.codes:  # pre-encoded by encode-dataset: no VQ-VAE in the step
+        labeller, dataset, vqvae = _codes_source(args, config, vocab)
+    else:
+        if not args.vqvae:
+            raise TrainingError("--vqvae is required (the VQ-VAE that encodes the audio), or --codes")
+        data = _require_data(args)
+        songs = read_metadata(args.metadata or _find_metadata(data))
+        labeller = _labeller(args, config, songs, vocab)
+        vqvae = load_vqvae(args.vqvae)
+        dataset = AudioDataset(songs, config.sample_length, labeller, sr=config.sr)
     print(
         f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
         f"{config.n_ctx} tokens = {config.sample_length} samples per crop"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .embed import run_embed
-from .errors import JukeboxError
+from .errors import ConfigError, JukeboxError
 from .info import describe
 from .precision import PRECISIONS
 from .sampling.command import run_continue, run_sample, run_upsample
@@ -232,6 +232,63 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_plan)
 
 
+def _cmd_encode_dataset(args: argparse.Namespace) -> None:
+    from .codes_dataset import encode_dataset
+
+    encode_dataset(
+        args.dir,
+        args.out,
+        args.model,
+        metadata=args.metadata,
+        songs_per_shard=args.songs_per_shard,
+        progress=not args.no_progress,
+    )
+
+
+def _cmd_assemble(args: argparse.Namespace) -> None:
+    from .assemble import assemble
+
+    given = [getattr(args, f"prior_level_{level}") for level in range(3)]
+    priors = given[: given.index(None)] if None in given else given
+    if len(priors) != sum(p is not None for p in given):
+        raise ConfigError("give the priors from level 0 up (--prior-level-0, --prior-level-1, ...)")
+    path = assemble(args.out, args.vqvae, priors, hop_fraction=args.hop_fraction, overwrite=args.overwrite)
+    print(f"wrote {path}")
+
+
+def _add_parts_parsers(sub: argparse._SubParsersAction) -> None:
+    """``encode-dataset`` and ``assemble``: a dataset's codes for training, a whole model from parts."""
+    p = sub.add_parser("encode-dataset", help="write the VQ-VAE codes of every song of a dataset (resumable)")
+    p.add_argument("dir", help="the dataset folder (metadata.csv / metadata.jsonl, or just audio files)")
+    p.add_argument("out", help="the codes folder to write (index.json, shards/); `train prior --codes OUT`")
+    p.add_argument("--model", required=True, help="a VQ-VAE or whole-model directory")
+    p.add_argument("--metadata", default=None, help="the metadata file (default: DIR's)")
+    p.add_argument("--songs-per-shard", type=int, default=8, metavar="N", help="songs per shard file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_encode_dataset)
+
+    p = sub.add_parser("assemble", help="a whole model from a VQ-VAE and one prior per level (checked)")
+    p.add_argument("--vqvae", required=True, help="a VQ-VAE or whole-model directory (e.g. a run's RUN/model)")
+    for level in range(3):
+        p.add_argument(
+            f"--prior-level-{level}",
+            default=None,
+            metavar="DIR",
+            help=f"the level-{level} prior: its own directory or a whole model (one per VQ-VAE level)",
+        )
+    p.add_argument("out", help="the whole-model directory to write")
+    p.add_argument(
+        "--hop-fraction",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="F",
+        help="sampling window hop per level, level 0 first (default 0.5 0.5 0.125, the released values)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a model directory jukebox-flax wrote")
+    p.set_defaults(func=_cmd_assemble)
+
+
 def _cmd_align(args: argparse.Namespace) -> None:
     from .alignment import run_align
 
@@ -322,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for alignment.npz (default: the run SRC)")
     p.set_defaults(func=_cmd_align)
     add_train_parsers(sub)
+    _add_parts_parsers(sub)
     return parser
 
 

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 
 from . import train_plan, training
 from .checkpoint import load_config
+from .codes_dataset import CodesDataset, check_identity
+from .codes_dataset import songs_of as codes_songs
 from .config import JukeboxConfig, PriorConfig, VQVAEConfig, config_from_dict, preset
 from .data import AudioDataset, Song, find_metadata, holdout_split, labeller_for_songs, read_metadata, songs_in_folder
 from .errors import JukeboxError, TrainingError
@@ -212,12 +214,6 @@ def config_from_args(args: Any, kind: type) -> Any:
     return config
 
 
-def _not_yet(args: Any) -> None:
-    """Options being built (each owner replaces its own check)."""
-    if getattr(args, "codes", None):
-        raise TrainingError("--codes is not available yet")
-
-
 def _check_memory_args(args: Any, kind: str) -> None:
     """--accumulate / --remat / --precision that this trainer cannot take."""
     if args.accumulate < 1 or args.batch % args.accumulate:
@@ -286,7 +282,7 @@ def _split(args: Any, songs: list[Song]) -> tuple[list[Song], list[Song]]:
 
 
 def _train_loop(
-    task: training.Task, dataset: AudioDataset, args: Any, holdout: AudioDataset | None = None
+    task: training.Task, dataset: AudioDataset | CodesDataset, args: Any, holdout: AudioDataset | None = None
 ) -> tuple[Any, int]:
     holdout_at, holdout_batches = None, 0
     if holdout is not None:
@@ -314,7 +310,6 @@ def _train_loop(
 
 def run_train_vqvae(args: argparse.Namespace) -> None:
     """``jukebox-flax train vqvae``: see the module docstring."""
-    _not_yet(args)
     _check_memory_args(args, "vqvae")
     if args.dry_run:
         config = _plan_config(args, VQVAEConfig)
@@ -376,9 +371,20 @@ def _labeller(args: Any, config: PriorConfig, songs: Any, vocab: dict | None) ->
     return labeller
 
 
+def _codes_source(args: Any, config: PriorConfig, vocab: dict | None) -> tuple[Labeller | None, CodesDataset, None]:
+    """``--codes DIR``: the labeller and the dataset of an encode-dataset output (the index names
+    the VQ-VAE; a ``--vqvae`` given too must be that one)."""
+    if args.data:
+        raise TrainingError("--codes replaces --data (the codes' index lists the songs)")
+    labeller = _labeller(args, config, codes_songs(args.codes), vocab)
+    dataset = CodesDataset(args.codes, config, labeller)
+    if args.vqvae:
+        check_identity(args.codes, load_vqvae(args.vqvae))
+    return labeller, dataset, None
+
+
 def run_train_prior(args: argparse.Namespace) -> None:
     """``jukebox-flax train prior``: see the module docstring."""
-    _not_yet(args)
     _check_memory_args(args, "prior")
     if args.dry_run:
         plan = train_plan.plan_prior_step(
@@ -395,17 +401,23 @@ def run_train_prior(args: argparse.Namespace) -> None:
     if config is None:  # --init-from
         prior = load_prior(args.init_from, args.level, dtype=jnp.float32)  # a whole model: the top level unless --level
         init_params, config, vocab = prior.params, prior.config, prior.vocab
-    if not args.vqvae:
-        raise TrainingError("--vqvae is required (the VQ-VAE that encodes the audio)")
-
-    songs, from_metadata = _songs(args)
-    if not from_metadata and config.labels:
-        print(f"{args.data} has no metadata file: every song gets the artist and genre 'unknown' and no lyrics")
-    labeller = _labeller(args, config, songs, vocab)
-    vqvae = load_vqvae(args.vqvae)
-    train_songs, held_out = _split(args, songs)
-    dataset = AudioDataset(train_songs, config.sample_length, labeller, sr=config.sr)
-    holdout = AudioDataset(held_out, config.sample_length, labeller, sr=config.sr) if held_out else None
+    dataset: AudioDataset | CodesDataset
+    holdout: AudioDataset | None = None
+    if args.codes:  # pre-encoded by encode-dataset: no VQ-VAE in the step
+        if args.holdout:
+            raise TrainingError("--holdout takes songs of --data; with --codes it is not available")
+        labeller, dataset, vqvae = _codes_source(args, config, vocab)
+    else:
+        if not args.vqvae:
+            raise TrainingError("--vqvae is required (the VQ-VAE that encodes the audio), or --codes")
+        songs, from_metadata = _songs(args)
+        if not from_metadata and config.labels:
+            print(f"{args.data} has no metadata file: every song gets the artist and genre 'unknown' and no lyrics")
+        labeller = _labeller(args, config, songs, vocab)
+        vqvae = load_vqvae(args.vqvae)
+        train_songs, held_out = _split(args, songs)
+        dataset = AudioDataset(train_songs, config.sample_length, labeller, sr=config.sr)
+        holdout = AudioDataset(held_out, config.sample_length, labeller, sr=config.sr) if held_out else None
     print(
         f"{len(dataset)} songs, {dataset.lengths.sum() / config.sr:.0f} s; level {config.level}, "
         f"{config.n_ctx} tokens = {config.sample_length} samples per crop"

@@ -581,32 +581,35 @@ def prior_task(
     batch's audio, takes the codes of ``config.level`` as tokens and, for an upsampler, those of the
     level above as ``upper`` (the original ``SimplePrior.forward``), and minimises the prior's loss
     (``JukeboxPrior.loss``: bits per token, plus the lyric loss of lyric models).
+    ``vqvae=None``: the batches are codes already (``codes_dataset.CodesBatch``: tokens, upper, y),
+    and the same loss is minimised without the VQ-VAE in the step.
     """
-    vq_config = vqvae.config
-    if tuple(vq_config.downs_t) != tuple(config.downs_t) or tuple(vq_config.strides_t) != tuple(config.strides_t):
-        raise TrainingError("the prior's downs_t/strides_t differ from the VQ-VAE's")
-    if vq_config.l_bins != config.bins:
-        raise TrainingError(f"the prior has {config.bins} bins, the VQ-VAE {vq_config.l_bins}")
+    if vqvae is not None:
+        vq_config = vqvae.config
+        if tuple(vq_config.downs_t) != tuple(config.downs_t) or tuple(vq_config.strides_t) != tuple(config.strides_t):
+            raise TrainingError("the prior's downs_t/strides_t differ from the VQ-VAE's")
+        if vq_config.l_bins != config.bins:
+            raise TrainingError(f"the prior has {config.bins} bins, the VQ-VAE {vq_config.l_bins}")
+        vq_module = VQVAEModule(vq_config)
+        vq_params = vqvae.params
     module = JukeboxPrior(config, dtype=compute_dtype(precision), remat=remat)
-    vq_module = VQVAEModule(vq_config)
-    vq_params = vqvae.params
 
     def loss_fn(params: Any, inputs: tuple, key: jax.Array) -> tuple[jax.Array, dict]:
-        audio, y = inputs
-        codes = vq_module.apply({"params": vq_params}, audio, method=VQVAEModule.encode)
-        tokens = codes[config.level]
-        upper = codes[config.level + 1] if config.is_upsampler else None
+        x, y = inputs
+        if vqvae is None:  # pre-encoded: (tokens, upper)
+            tokens, upper = x
+        else:
+            codes = vq_module.apply({"params": vq_params}, x, method=VQVAEModule.encode)
+            tokens = codes[config.level]
+            upper = codes[config.level + 1] if config.is_upsampler else None
         return cast(tuple, module.apply({"params": params}, tokens, y, upper, method=JukeboxPrior.loss))
 
     def prepare(batch: Any) -> tuple:
+        if vqvae is None:
+            return _codes_inputs(batch, config)
         if batch.audio.shape[1] != config.sample_length:
             raise TrainingError(f"crops have {batch.audio.shape[1]} samples; this prior takes {config.sample_length}")
-        if config.labels and batch.y is None:
-            raise TrainingError("this prior takes labels: build the dataset with a labeller")
-        if config.labels:
-            check_labels(batch.y, config)  # inside jit a bad id would silently give NaNs
-        y = jnp.asarray(batch.y) if config.labels else None
-        return jnp.asarray(batch.audio), y
+        return jnp.asarray(batch.audio), _checked_labels(batch, config)
 
     def init(key: jax.Array, batch: Any) -> Any:
         return init_prior_params(config, key)
@@ -629,6 +632,24 @@ def prior_cast(params: Any, dtype: Any) -> Any:
     """A prior's params as its mixed-precision training computes on them: the transformers' matmul
     kernels in ``dtype``, every other param float32 (``precision.cast_params(..., released=True)``)."""
     return cast_params(params, dtype, released=True)
+
+
+def _checked_labels(batch: Any, config: Any) -> jax.Array | None:
+    if config.labels and batch.y is None:
+        raise TrainingError("this prior takes labels: build the dataset with a labeller")
+    if config.labels:
+        check_labels(batch.y, config)  # inside jit a bad id would silently give NaNs
+    return jnp.asarray(batch.y) if config.labels else None
+
+
+def _codes_inputs(batch: Any, config: Any) -> tuple:
+    """The jit inputs ((tokens, upper), y) of a ``CodesBatch`` for :func:`prior_task` without a VQ-VAE."""
+    if batch.tokens.shape[1] != config.n_ctx:
+        raise TrainingError(f"code crops have {batch.tokens.shape[1]} tokens; this prior takes {config.n_ctx}")
+    if config.is_upsampler and batch.upper is None:
+        raise TrainingError("an upsampler trains on the codes of the level above too (upper)")
+    upper = jnp.asarray(batch.upper) if config.is_upsampler else None
+    return (jnp.asarray(batch.tokens), upper), _checked_labels(batch, config)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def step_bytes(config: Any, params: Any, batch: int, cache_dtype: Any) -> int:
     model.pop("pos_emb", None)
     if config.merged_decoder:
         model.pop("x_emb", None)  # indexed only; the head is x_out
-    total = sum(int(x.nbytes) for x in jax.tree.leaves(model))
+    total = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(model))
     spec = TransformerConfig.from_prior(config)
     item = np.dtype(cache_dtype).itemsize
     for attn_type in spec.layout:

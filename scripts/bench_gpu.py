@@ -3,7 +3,6 @@
     python scripts/bench_gpu.py                       # on a GPU: fits in 8 minutes, prints a table last
     python scripts/bench_gpu.py --wheels /path/wheels # jukebox-infer / transformers wheels (no index there)
     python scripts/bench_gpu.py --cpu-smoke           # the same code paths, tiny presets, CPU, seconds
-    python scripts/bench_gpu.py --hlo [--hlo-depth 8] # review the compiled decode step (CPU is enough)
 
 A decode step reads every weight of the prior once (plus the few cached keys each sparse layer
 attends to), so its floor is those bytes over the device's memory bandwidth. Per row of the table:
@@ -721,17 +720,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="*", help='run only these models (e.g. "5b_lyrics level 1")')
     parser.add_argument("--copy-bytes", type=int, default=None, help="copy-bandwidth buffer (default 2 GiB)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--hlo", action="store_true", help="review the compiled decode step instead (see hlo_review)")
-    parser.add_argument("--hlo-depth", type=int, default=8, help="layers of the full-width priors for --hlo")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args.worker)
         return
     add_wheels(args.wheels)
-    if args.hlo:
-        print(hlo_report(args.hlo_depth))
-        return
     if args.cpu_smoke:
         import jax
 
@@ -742,10 +736,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
     print(table(rows, meta))
-
-
-def hlo_report(depth: int) -> str:
-    raise NotImplementedError
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def _check_ours(row: dict) -> None:
     assert row["peak_gib"] is None  # CPU: no peak statistic, printed n/a
 
 
+@pytest.mark.slow
 def test_smoke_upsampler_rows_and_tokens_are_the_librarys(bench, tmp_path, capsys):
     out = tmp_path / "rows.json"
     bench.main(["--cpu-smoke", "--models", "5b_lyrics level 1", "--json", str(out)])

@@ -104,6 +104,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_encode_dataset_writes_the_codes_of_every_whole_song(parts, tmp_path, capsys):
     out = encode_dataset(parts["long"], tmp_path / "codes", parts["vq"], songs_per_shard=2, progress=False)
     index = json.loads((out / "index.json").read_text())

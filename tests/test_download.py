@@ -215,6 +215,7 @@ def official_demo(tmp_path_factory):
     return {p.name: p.read_bytes() for p in out.glob("*.pth.tar")}, {k: v.encode() for k, v in ids.items()}, vocab
 
 
+@pytest.mark.slow
 def test_cli_download_from_a_mirror_and_convert(server, official_demo, tmp_path, capsys):
     from jukebox_flax.checkpoint import load_config, load_vocab
     from jukebox_flax.cli import main

@@ -116,6 +116,7 @@ def test_stop_early_equals_full_run_mid_unit(top1b):
             np.testing.assert_array_equal(np.asarray(got[n]), np.asarray(full[n]), err_msg=str(n))
 
 
+@pytest.mark.slow
 def test_stop_early_does_no_work_past_the_layer(top1b):
     """Layers past the deepest one asked for are never read: poisoning their params changes nothing."""
     prior, _, tokens, y = top1b

@@ -111,7 +111,7 @@ def test_chunked_priming_equals_forward(every_type, chunks):
     np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunks", [[1] * N_CTX, [7, 7, 7, 3]])
+@pytest.mark.parametrize("chunks", [[1] * N_CTX, pytest.param([7, 7, 7, 3], marks=pytest.mark.slow)])
 def test_unrolled_layers_decode_the_same(every_type, chunks):
     """scan_layers=False on the params of unroll_params (what sampling loads) decodes through
     unrolled layers to the same logits; scan_params gives the stored tree back exactly."""
@@ -194,7 +194,7 @@ def test_half_precision_cache_runs(every_type):
 # The original's sampling logits (fixtures kv/*)
 
 # prior_up1 has the same transformer as prior_up0 (its conditioner differs; see test_transformer.py)
-PRIORS = ["prior_up0", "prior_top5b", "prior_top5b_lyrics", "prior_top1b"]
+PRIORS = ["prior_up0", "prior_top5b", "prior_top5b_lyrics", pytest.param("prior_top1b", marks=pytest.mark.slow)]
 
 
 def _split_chunks(length: int, size: int) -> list[int]:

@@ -343,6 +343,7 @@ def test_label_keeps_full_tokens(ids_dir):
     np.testing.assert_array_equal(label.y, labeller.get_y("Alan Jackson", "Country", "Hello, world", 1000, 0))
 
 
+@pytest.mark.slow
 def test_one_label_error_for_the_labeller_and_the_prior():
     """``except jf.LabelError`` catches a bad artist id given to Prior.logits as well as a Labeller's."""
     assert jf.LabelError is LabelError is conditioners.LabelError

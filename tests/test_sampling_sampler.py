@@ -77,6 +77,7 @@ def test_random_samples_do_not_depend_on_chunking_or_batch_split(toy):
     np.testing.assert_array_equal(a[:, :10], prime)
 
 
+@pytest.mark.slow
 def test_first_token_follows_the_tempered_softmax(toy):
     batch, temperature = 4000, 0.8
     y = np.tile(np.arange(9, dtype=np.int32) + 3, (batch, 1))

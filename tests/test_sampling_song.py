@@ -202,6 +202,7 @@ def test_greedy_pipeline_with_real_priors_matches_trace_and_audio(real_priors):
         np.testing.assert_allclose(audio[level], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_partial_windows_with_the_real_top_prior(real_priors):
     """The original's sample_partial_window: 20 tokens, then 24 more (shorter than one context)."""
     from jukebox_flax.sampling.song import sample_level

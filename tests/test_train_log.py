@@ -141,6 +141,7 @@ class Killed(Exception):
     """Stands in for a kill: the loop stops without a final checkpoint."""
 
 
+@pytest.mark.slow
 def test_resume_with_holdout_gives_the_same_csv_and_tensorboard(split, tmp_path):
     pytest.importorskip("tensorboardX", reason="the train extra")
     run_linear(split, tmp_path / "ref", 7, log_every=1)

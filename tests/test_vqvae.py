@@ -55,6 +55,7 @@ def test_state_dict_round_trip_is_exact(tiny):
     assert params["bottleneck"]["level_blocks_2"]["k"].shape == (32, 16)
 
 
+@pytest.mark.slow
 def test_state_dict_errors_name_the_key(tiny):
     f, config, _, _ = tiny
     sd = state_dict(f)
@@ -203,6 +204,7 @@ def test_vqvae_object_matches_fixture_and_checks_input(tiny):
         vq.decode(zs, start_level=3)
 
 
+@pytest.mark.slow
 def test_receptive_field(tiny):
     # released level-0 encoder: 3 x [conv k4 s2 p1 (1 left, 2 right), 8 res blocks with dilations
     # summing to 3280] at 2, 4, 8 samples per position, then a k3 conv at 8 samples per position

@@ -39,7 +39,7 @@ from .checkpoint import (
     verify_checksums,
     write_checksums,
 )
-from .config import JukeboxConfig, PriorConfig, VQVAEConfig
+from .config import JukeboxConfig, PriorConfig, VQVAEConfig, vqvae_mismatch
 from .errors import CheckpointError, ConfigError
 from .labels import UNKNOWN, artist_key, genre_keys
 
@@ -76,15 +76,9 @@ def _check_prior(level: int, path: PathLike, config: Any, vq: VQVAEConfig, vocab
         raise ConfigError(f"{flag} {path} holds a {type(config).__name__}, not a prior")
     if config.level != level:
         raise ConfigError(f"{flag} {path} holds the level-{config.level} prior, not level {level}")
-    if tuple(config.downs_t) != tuple(vq.downs_t) or tuple(config.strides_t) != tuple(vq.strides_t):
-        raise ConfigError(
-            f"{flag} {path} has downs_t/strides_t {list(config.downs_t)}/{list(config.strides_t)}, "
-            f"the VQ-VAE {list(vq.downs_t)}/{list(vq.strides_t)} (hop lengths differ)"
-        )
-    if config.bins != vq.l_bins:
-        raise ConfigError(f"{flag} {path} has {config.bins} bins, the VQ-VAE's codebook {vq.l_bins}")
-    if config.sr != vq.sr:
-        raise ConfigError(f"{flag} {path} works at {config.sr} Hz, the VQ-VAE at {vq.sr} Hz")
+    mismatch = vqvae_mismatch(config, vq)
+    if mismatch:
+        raise ConfigError(f"{flag} {path} {mismatch}")
     if config.is_upsampler and config.n_ctx % config.cond_downsample:
         raise ConfigError(
             f"{flag} {path}: n_ctx {config.n_ctx} is not a whole number of level-{level + 1} tokens "

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write
 from .audio import load_audio
-from .config import PriorConfig, VQVAEConfig
+from .config import PriorConfig, VQVAEConfig, vqvae_mismatch
 from .data import Song, find_metadata, read_metadata, songs_in_folder
 from .errors import DataError
 from .labels import Labeller
@@ -305,15 +305,9 @@ class CodesDataset:
     def _check_prior(self, config: PriorConfig) -> None:
         vq = self.vqvae_config
         where = f"{self.folder} (encoded by {self.index.get('model')})"
-        if tuple(vq.downs_t) != tuple(config.downs_t) or tuple(vq.strides_t) != tuple(config.strides_t):
-            raise DataError(
-                f"the prior's downs_t/strides_t {list(config.downs_t)}/{list(config.strides_t)} differ from the "
-                f"VQ-VAE's of {where}: {list(vq.downs_t)}/{list(vq.strides_t)}"
-            )
-        if vq.l_bins != config.bins:
-            raise DataError(f"the prior has {config.bins} bins; the codes of {where} have {vq.l_bins}")
-        if vq.sr != config.sr:
-            raise DataError(f"the prior works at {config.sr} Hz; the codes of {where} are of {vq.sr} Hz audio")
+        mismatch = vqvae_mismatch(config, vq)
+        if mismatch:
+            raise DataError(f"the prior {mismatch} (the codes of {where})")
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "vqvae_mismatch",
     "ConfigError",
     "VQVAEConfig",
     "LyricEncoderConfig",
@@ -421,6 +422,21 @@ class JukeboxConfig(_JsonMixin):
                 raise ConfigError(f"prior level {level} has {prior.bins} bins, the VQ-VAE {self.vqvae.l_bins}")
         if len(self.hop_fraction) != self.vqvae.levels:
             raise ConfigError(f"hop_fraction needs {self.vqvae.levels} entries")
+
+
+def vqvae_mismatch(prior: PriorConfig, vqvae: VQVAEConfig) -> str | None:
+    """Why ``prior`` cannot model ``vqvae``'s codes (hop lengths, codebook size, sample rate), as a
+    phrase after the prior's name ("has 64 bins, the VQ-VAE's codebook 128"), or None when it can."""
+    if tuple(prior.downs_t) != tuple(vqvae.downs_t) or tuple(prior.strides_t) != tuple(vqvae.strides_t):
+        return (
+            f"has downs_t/strides_t {list(prior.downs_t)}/{list(prior.strides_t)}, "
+            f"the VQ-VAE {list(vqvae.downs_t)}/{list(vqvae.strides_t)} (hop lengths differ)"
+        )
+    if prior.bins != vqvae.l_bins:
+        return f"has {prior.bins} bins, the VQ-VAE's codebook {vqvae.l_bins}"
+    if prior.sr != vqvae.sr:
+        return f"works at {prior.sr} Hz, the VQ-VAE at {vqvae.sr} Hz"
+    return None
 
 
 def config_from_dict(data: Mapping[str, Any]):

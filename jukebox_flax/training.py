@@ -44,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from .checkpoint import save_model_dir
+from .config import vqvae_mismatch
 from .errors import TrainingError
 from .mixed_precision import (
     LossScaleConfig,
@@ -586,10 +587,9 @@ def prior_task(
     """
     if vqvae is not None:
         vq_config = vqvae.config
-        if tuple(vq_config.downs_t) != tuple(config.downs_t) or tuple(vq_config.strides_t) != tuple(config.strides_t):
-            raise TrainingError("the prior's downs_t/strides_t differ from the VQ-VAE's")
-        if vq_config.l_bins != config.bins:
-            raise TrainingError(f"the prior has {config.bins} bins, the VQ-VAE {vq_config.l_bins}")
+        mismatch = vqvae_mismatch(config, vq_config)
+        if mismatch:
+            raise TrainingError(f"the prior {mismatch}")
         vq_module = VQVAEModule(vq_config)
         vq_params = vqvae.params
     module = JukeboxPrior(config, dtype=compute_dtype(precision), remat=remat)

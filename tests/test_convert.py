@@ -144,6 +144,7 @@ def test_converted_vqvae_reproduces_the_oracle_codes(vqvae_dir):
         assert np.array_equal(got[~near_tie], want[~near_tie])
 
 
+@pytest.mark.slow
 def test_dtype_is_cast_explicitly(vqvae_file, vqvae_dir, tmp_path):
     import ml_dtypes
 
@@ -169,6 +170,7 @@ def test_export_round_trip_is_bit_exact(vqvae_file, vqvae_dir, tmp_path):
     assert_same_tree(load_params(again), load_params(vqvae_dir))
 
 
+@pytest.mark.slow
 def test_module_prefix_is_stripped(tmp_path):
     sd = {"module." + k: v for k, v in state_dict(load_npz("openai/vqvae_tiny")).items()}
     save_official(tmp_path / "ddp.pth.tar", sd, hps("vqvae_tiny"))

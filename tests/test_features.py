@@ -142,6 +142,7 @@ def test_stop_early_does_no_work_past_the_layer(top1b):
     assert not np.isfinite(np.asarray(bad.logits(tokens, y=y))).all()  # the poison is real
 
 
+@pytest.mark.slow
 def test_single_music_positions_and_head(top1b):
     """'single' priors: features cover the music positions; the head on them = the music logits."""
     prior, a, tokens, y = top1b

@@ -155,6 +155,7 @@ def test_unrolled_layers_teacher_forcing_the_same(every_type):
             np.testing.assert_allclose(np.asarray(f_flat[n]), np.asarray(f_scan[n]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_traced_position_in_a_loop(every_type):
     """One compiled step inside lax.fori_loop serves every position (cache carried, not re-traced)."""
     model, params, tokens, (x_cond, y_cond, enc), full = every_type
@@ -182,6 +183,7 @@ def test_traced_position_in_a_loop(every_type):
     np.testing.assert_allclose(np.asarray(run(params)), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_half_precision_cache_runs(every_type):
     model, params, tokens, conds, full = every_type
     half = model.clone(config=dataclasses.replace(model.config, dtype=jnp.bfloat16))

@@ -17,7 +17,7 @@ from jukebox_flax.precision import resolve_precision
 FP16 = resolve_precision("float16")  # the released models' sampling mode
 
 
-@pytest.mark.parametrize("model", ["5b", "5b_lyrics", "1b_lyrics"])
+@pytest.mark.parametrize("model", ["5b", "5b_lyrics", pytest.param("1b_lyrics", marks=pytest.mark.slow)])
 def test_what_the_original_fits_on_16_gb(model):
     """The original samples 3 rows of the 5B top priors in fp16 on a 16 GB V100, and 16 rows of
     1b_lyrics and of each upsampler (its sample.py max_batch_size)."""

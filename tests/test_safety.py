@@ -319,6 +319,7 @@ def test_a_failed_whole_model_export_leaves_nothing(tmp_path, capsys, monkeypatc
 # Symlinks at temporary names
 
 
+@pytest.mark.slow
 def test_planted_symlinks_at_temporary_names_are_never_followed(model, src, tmp_path, capsys, monkeypatch):
     victim_file = tmp_path / "victim.txt"
     victim_file.write_text("precious")
@@ -458,6 +459,7 @@ def test_decode_of_non_npz_files(work, tmp_path, capsys):
 # Operating-system errors and bugs: one line each
 
 
+@pytest.mark.slow
 def test_an_output_below_a_file_is_one_line(src, model, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     codes = tmp_path / "codes.npz"

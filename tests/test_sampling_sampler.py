@@ -93,6 +93,7 @@ def test_first_token_follows_the_tempered_softmax(toy):
     assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / batch)
 
 
+@pytest.mark.slow
 def test_top_k_and_top_p_restrict_the_support(toy):
     y, upper, _ = _inputs(toy.config, batch=256)
     cond = toy.module.apply({"params": toy.params}, y, upper, method="condition")

@@ -3,7 +3,6 @@ split, the VQ-VAE's evaluation, and ``jukebox-flax train prior`` on such a folde
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import shutil
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import training_toy as toy
+from training_toy import TINY_PRIOR, TINY_VQVAE, read_csv
 
 from jukebox_flax import training
 from jukebox_flax.config import PriorConfig, VQVAEConfig
@@ -27,50 +27,6 @@ from jukebox_flax.data import (
     read_metadata,
     songs_in_folder,
 )
-
-TINY_VQVAE = {
-    "kind": "vqvae",
-    "levels": 1,
-    "downs_t": [2],
-    "strides_t": [2],
-    "emb_width": 8,
-    "l_bins": 16,
-    "width": 8,
-    "depth": 1,
-    "multipliers": [1],
-    "linf_k": 64,
-    "multispec_n_fft": [64],
-    "multispec_hop_length": [16],
-    "multispec_window_size": [64],
-}
-TINY_PRIOR = {  # the labelled (artist, genre, lyrics) toy top prior of tests/test_training.py
-    "kind": "prior",
-    "level": 0,
-    "n_ctx": 32,
-    "width": 16,
-    "depth": 2,
-    "heads": 1,
-    "attn_order": 2,
-    "blocks": 4,
-    "bins": 16,
-    "downs_t": [2],
-    "strides_t": [2],
-    "genre_bins": 4,
-    "artist_bins": 5,
-    "t_bins": 8,
-    "max_bow_genre_size": 1,
-    "min_duration": 0.5,
-    "max_duration": 10.0,
-    "lyrics": "single",
-    "n_tokens": 8,
-    "n_vocab": 80,
-    "prime_loss_fraction": 0.4,
-}
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,8 @@ def leaves_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan_layers", [True, False])
 def test_remat_modes_give_the_same_loss_and_gradients(scan_layers):
     assert layer_segments(TINY.attention_layout)[0].repeat == 2  # the scanned layout has a scanned run
     params = init_prior_params(TINY, jax.random.PRNGKey(0))

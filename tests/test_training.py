@@ -3,7 +3,6 @@ metrics CSV, and the VQ-VAE / prior scripts end to end on tiny configs."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -15,58 +14,15 @@ import numpy as np
 import pytest
 import training_toy as toy
 from conftest import load_script
+from training_toy import TINY_PRIOR, TINY_VQVAE, read_csv
 
 from jukebox_flax import training
 from jukebox_flax.train_command import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 # One level (hop 4) keeps compilation short; the prior is that level's (top) prior, with lyrics.
-TINY_VQVAE = {
-    "kind": "vqvae",
-    "levels": 1,
-    "downs_t": [2],
-    "strides_t": [2],
-    "emb_width": 8,
-    "l_bins": 16,
-    "width": 8,
-    "depth": 1,
-    "multipliers": [1],
-    "linf_k": 64,
-    "multispec_n_fft": [64],
-    "multispec_hop_length": [16],
-    "multispec_window_size": [64],
-}
-TINY_PRIOR = {
-    "kind": "prior",
-    "level": 0,
-    "n_ctx": 32,
-    "width": 16,
-    "depth": 2,
-    "heads": 1,
-    "attn_order": 2,
-    "blocks": 4,
-    "bins": 16,
-    "downs_t": [2],
-    "strides_t": [2],
-    "genre_bins": 4,
-    "artist_bins": 5,
-    "t_bins": 8,
-    "max_bow_genre_size": 1,
-    "min_duration": 0.5,
-    "max_duration": 10.0,
-    "lyrics": "single",
-    "n_tokens": 8,
-    "n_vocab": 80,
-    "prime_loss_fraction": 0.4,
-}
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_schedule_warmup_and_decay():
     s = training.make_schedule(training.OptimConfig(lr=1.0, warmup_steps=4, decay_steps=10, final_lr_fraction=0.1))
     assert [float(s(i)) for i in (0, 2, 4)] == pytest.approx([0.0, 0.5, 1.0])

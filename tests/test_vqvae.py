@@ -93,6 +93,7 @@ def test_encoder_blocks_and_latents(tiny):
         np.testing.assert_allclose(np.asarray(z), _nct(f[f"outputs/latents_prequant/{level}"]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_codes_dequantised_and_reconstructions(tiny):
     f, config, params, module = tiny
     v = {"params": params}

@@ -8,6 +8,7 @@ tests/test_training.py uses to check resuming after a kill.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import signal
 import sys
@@ -23,6 +24,51 @@ from jukebox_flax.data import AudioDataset, labeller_for_songs, read_metadata  #
 
 TAPS = 16
 SAMPLE_LENGTH = 256
+
+# The tiny VQ-VAE and labelled (artist, genre, lyrics) top prior the training tests train.
+TINY_VQVAE = {
+    "kind": "vqvae",
+    "levels": 1,
+    "downs_t": [2],
+    "strides_t": [2],
+    "emb_width": 8,
+    "l_bins": 16,
+    "width": 8,
+    "depth": 1,
+    "multipliers": [1],
+    "linf_k": 64,
+    "multispec_n_fft": [64],
+    "multispec_hop_length": [16],
+    "multispec_window_size": [64],
+}
+TINY_PRIOR = {
+    "kind": "prior",
+    "level": 0,
+    "n_ctx": 32,
+    "width": 16,
+    "depth": 2,
+    "heads": 1,
+    "attn_order": 2,
+    "blocks": 4,
+    "bins": 16,
+    "downs_t": [2],
+    "strides_t": [2],
+    "genre_bins": 4,
+    "artist_bins": 5,
+    "t_bins": 8,
+    "max_bow_genre_size": 1,
+    "min_duration": 0.5,
+    "max_duration": 10.0,
+    "lyrics": "single",
+    "n_tokens": 8,
+    "n_vocab": 80,
+    "prime_loss_fraction": 0.4,
+}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def dataset(data: Path) -> AudioDataset:

@@ -53,6 +53,7 @@ __all__ = [
     "plan_levels",
     "format_plan",
     "compiled_window_bytes",
+    "lower_window",
     "parse_size",
     "GB",
     "GiB",
@@ -334,23 +335,29 @@ def format_plan(plans: list[LevelPlan], device_memory: float | None = None, batc
     return "\n".join(lines)
 
 
-def compiled_window_bytes(
-    config: PriorConfig, rows: int, dtype: Any = jnp.float32, released: bool = False, chunk_size: int = 32
-) -> int | None:
-    """XLA's memory analysis of one sampling window of ``rows`` rows (the prefill and the token
-    loop, compiled on abstract params: no weights): the larger of the two programs' arguments +
-    outputs + temporaries - aliased buffers. None where the backend reports no analysis."""
+def lower_window(
+    config: PriorConfig,
+    rows: int,
+    dtype: Any = jnp.float32,
+    released: bool = False,
+    chunk_size: int = 32,
+    scan_layers: bool = False,
+) -> tuple[Any, Any]:
+    """The two programs of one sampling window of ``rows`` rows, lowered on abstract params (no
+    weights): ``(prefill, sample)`` as ``jax.stages.Lowered``. ``scan_layers=False`` is the layout
+    sampling loads (``load_prior(..., scan_layers=False)``); ``released``: fp16 transformer kernels,
+    the rest float32."""
     from .prior.prior import JukeboxPrior
     from .sampling.sampler import SamplingParams, WindowSampler, condition
 
-    module = JukeboxPrior(config, dtype=dtype, param_dtype=jnp.float32 if released else dtype)
+    module = JukeboxPrior(config, dtype=dtype, param_dtype=jnp.float32 if released else dtype, scan_layers=scan_layers)
 
     def abstract(keypath: Any, leaf: Any) -> Any:
         names = path_names(keypath)
         half = not released or ("transformer" in names and names[-1] == "kernel")
         return jax.ShapeDtypeStruct(leaf.shape, dtype if half else jnp.float32)
 
-    params = jax.tree_util.tree_map_with_path(abstract, abstract_prior_params(config))
+    params = jax.tree_util.tree_map_with_path(abstract, abstract_prior_params(config, scan_layers=scan_layers))
     y = jax.ShapeDtypeStruct((rows, config.y_length), jnp.int32) if config.labels else None
     upper = (
         jax.ShapeDtypeStruct((rows, config.n_ctx // config.cond_downsample), jnp.int32) if config.is_upsampler else None
@@ -361,12 +368,23 @@ def compiled_window_bytes(
     sampler = WindowSampler(module, chunk_size)
     key = jax.eval_shape(lambda: jax.random.key(0))
     n = jax.ShapeDtypeStruct((), jnp.int32)
+    prefill = WindowSampler.prefill.lower(sampler, params, cond, tokens, n, cache, key)
+    state = jax.eval_shape(lambda *a: WindowSampler.prefill(sampler, *a), params, cond, tokens, n, cache, key)
+    sampling = jax.eval_shape(lambda: SamplingParams.make())
+    return prefill, WindowSampler.sample.lower(sampler, params, cond, state, n, sampling)
+
+
+def compiled_window_bytes(
+    config: PriorConfig, rows: int, dtype: Any = jnp.float32, released: bool = False, chunk_size: int = 32
+) -> int | None:
+    """XLA's memory analysis of one sampling window of ``rows`` rows (``lower_window``: the prefill
+    and the token loop in the sampling layout, compiled on abstract params): the larger of the two
+    programs' arguments + outputs + temporaries - aliased buffers. None where the backend reports
+    no analysis."""
     try:
-        prefill = WindowSampler.prefill.lower(sampler, params, cond, tokens, n, cache, key)
-        state = jax.eval_shape(lambda *a: WindowSampler.prefill(sampler, *a), params, cond, tokens, n, cache, key)
-        sampling = jax.eval_shape(lambda: SamplingParams.make())
-        sample = WindowSampler.sample.lower(sampler, params, cond, state, n, sampling)
-        analyses: list[Any] = [p.compile().memory_analysis() for p in (prefill, sample)]
+        analyses: list[Any] = [
+            p.compile().memory_analysis() for p in lower_window(config, rows, dtype, released, chunk_size)
+        ]
     except NotImplementedError:
         return None
     if any(m is None for m in analyses):

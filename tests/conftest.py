@@ -7,9 +7,13 @@ import json
 import os
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# The tests run tiny models, so their time is mostly XLA compiling, and most of that is LLVM's
+# optimisation passes: level 0 skips them (floating-point semantics are the same at every level).
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Parity needs full fp32 matmuls (GPUs and TPUs otherwise use reduced precision).
 jax.config.update("jax_default_matmul_precision", "highest")

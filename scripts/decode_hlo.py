@@ -12,7 +12,9 @@ whole weight matrices, slices of stacked params. This compiles the library's own
 (``memory.lower_window``: ``WindowSampler.sample`` on abstract params, no weights needed) for the
 local backend (CPU here; the HLO passes that matter for this, buffer assignment and fusion, work
 the same way on GPU), walks the body of the token loop (nested loops times their trip counts) and
-sums the bytes each instruction writes (an in-place dynamic-update-slice writes its update only).
+sums the bytes each instruction writes (an in-place dynamic-update-slice writes its update only; of
+a conditional, the cheapest branch: the decoder's one conditional fills the cross-attention cache
+at position 0, once per window).
 Printed: param bytes, bytes written per step, and the largest writers with their shapes.
 """
 
@@ -129,9 +131,20 @@ def walk(mod: Module, computation: str, times: int, out: dict[str, list]) -> Non
             assert body is not None
             walk(mod, body, times * trip_count(instr), out)
             continue
-        if instr.opcode in ("call", "conditional"):
+        if instr.opcode == "call":
+            walk(mod, instr.calls[0], times, out)
+            continue
+        if instr.opcode == "conditional":
+            # the branch a step takes: the cheapest (the decoder's only conditional fills the
+            # cross-attention cache at position 0, once per window)
+            branches = []
             for callee in instr.calls:
-                walk(mod, callee, times, out)
+                sub: dict[str, list] = defaultdict(list)
+                walk(mod, callee, times, sub)
+                branches.append(sub)
+            cheapest = min(branches, key=lambda b: sum(w for items in b.values() for w, *_ in items))
+            for kind, items in cheapest.items():
+                out[kind].extend(items)
             continue
         kind = instr.opcode
         if kind == "fusion":
@@ -148,7 +161,7 @@ def token_loop(mod: Module) -> str:
     return best.attr("body") or ""
 
 
-def audit(config, rows: int, precision: str, scan_layers: bool, chunk: int) -> dict:
+def audit(config, rows: int, precision: str, scan_layers: bool, chunk: int, dump: str | None = None) -> dict:
     from jukebox_flax.memory import lower_window
     from jukebox_flax.precision import resolve_precision
     from jukebox_flax.prior.prior import abstract_prior_params
@@ -156,6 +169,8 @@ def audit(config, rows: int, precision: str, scan_layers: bool, chunk: int) -> d
     dtype, released = resolve_precision(precision, "gpu")
     _, sample = lower_window(config, rows, dtype, released, chunk, scan_layers=scan_layers)
     text = sample.compile().as_text()
+    if dump:
+        Path(dump).write_text(text)
     mod = Module.parse(text)
     out: dict[str, list] = defaultdict(list)
     walk(mod, token_loop(mod), 1, out)
@@ -173,7 +188,7 @@ def audit(config, rows: int, precision: str, scan_layers: bool, chunk: int) -> d
         "param_bytes": param_bytes,
         "written_per_step": sum(by_kind.values()),
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
-        "largest": rows_out[:12],
+        "writes": rows_out,  # (bytes per step, times per step, shape, kind, name), largest first
     }
 
 
@@ -187,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scanned", action="store_true", help="the scanned (stored) layout instead of the sampling one")
     ap.add_argument("--tiny", action="store_true", help="a tiny version of the preset (bench_gpu.tiny_config)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dump", metavar="FILE", help="also write the compiled HLO text there")
     args = ap.parse_args(argv)
 
     from jukebox_flax.config import preset
@@ -197,9 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         from bench_gpu import tiny_config
 
         config = tiny_config(config)
-    result = audit(config, args.rows, args.precision, args.scanned, args.chunk)
+    result = audit(config, args.rows, args.precision, args.scanned, args.chunk, args.dump)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "writes": result["writes"][:12]}))
         return
     mb = 2**20
     layout = "scanned" if args.scanned else "unrolled"
@@ -210,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind, nbytes in result["by_kind"].items():
         print(f"  {kind:32s} {nbytes / mb:12,.2f} MiB")
     print("largest writers (MiB per step, times per step, shape):")
-    for w, t, shape, kind, name in result["largest"]:
+    for w, t, shape, kind, name in result["writes"][:12]:
         print(f"  {w / mb:12,.2f}  x{t:<4d} {shape:28s} {kind} {name}")
 
 

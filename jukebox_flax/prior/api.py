@@ -16,7 +16,7 @@ every ``Prior`` of an equal module.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -98,6 +98,7 @@ class Prior:
     params: Any
     module: JukeboxPrior = None  # type: ignore[assignment]
     vocab: dict | None = None
+    _unrolled: Prior | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -211,13 +212,50 @@ class Prior:
         top_p: float = 0.0,
         **kw: Any,
     ) -> np.ndarray:
-        """``n`` new tokens after the optional ``prime`` int32 [B, T_prime] (see ``sampling.sampler``)."""
+        """``n`` new tokens after the optional ``prime`` int32 [B, T_prime] (see ``sampling.sampler``).
+
+        Samples with ``unrolled()``: a prior loaded with the scanned layers (``load_prior``'s
+        default) makes its unrolled copy of the layer weights at the first call and keeps it, so
+        the params are held twice; load with ``scan_layers=False`` to hold them once."""
         return sample_prior(
-            self, key, n, y=y, upper=upper, prime=prime, temperature=temperature, top_k=top_k, top_p=top_p, **kw
+            self.unrolled(),
+            key,
+            n,
+            y=y,
+            upper=upper,
+            prime=prime,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            **kw,
         )
+
+    def unrolled(self) -> Prior:
+        """This prior with every transformer layer unrolled (``load_prior(..., scan_layers=False)``):
+        the layout to sample with, since a decode step of the scanned layout copies each layer's
+        weights out of their stacks (two extra passes over the weights per token). Itself when
+        already unrolled; made once (params on a mesh stay on it)."""
+        if not self.module.scan_layers:
+            return self
+        if self._unrolled is None:
+            mesh = getattr(jax.tree_util.tree_leaves(self.params)[0], "sharding", None)
+            mesh = mesh.mesh if isinstance(mesh, jax.sharding.NamedSharding) else None
+            module = self.module.clone(scan_layers=False)
+            params = _unroll(self.params, self.config, mesh)
+            self._unrolled = Prior(config=self.config, params=params, module=module, vocab=self.vocab)
+        return self._unrolled
 
     def num_params(self) -> int:
         return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(self.params)))
+
+
+def _unroll(params: Any, config: PriorConfig, mesh: Any = None) -> Any:
+    """``unroll_layers`` as one program; on a mesh, the unrolled leaves land in their shards."""
+    shardings = None
+    if mesh is not None:
+        unrolled = abstract_prior_params(config, scan_layers=False)
+        shardings = param_shardings(unrolled, mesh, prior_param_axes(config, False))
+    return jax.jit(unroll_layers, out_shardings=shardings)(params)
 
 
 def load_prior(
@@ -257,11 +295,7 @@ def load_prior(
         leaf_dtype = lambda names, stored: released_dtype(names, stored, dtype)  # noqa: E731
     params = load_params(sub, dtype=leaf_dtype, sharding=sharding, expected=abstract_prior_params(config))
     if not scan_layers:
-        shardings = None
-        if mesh is not None:
-            unrolled = abstract_prior_params(config, scan_layers=False)
-            shardings = param_shardings(unrolled, mesh, prior_param_axes(config, False))
-        params = jax.jit(unroll_layers, out_shardings=shardings)(params)
+        params = _unroll(params, config, mesh)
     dtypes = {} if dtype is None else {"dtype": dtype, "param_dtype": jnp.float32 if released else dtype}
     module = JukeboxPrior(config, scan_layers=scan_layers, **dtypes)
     return Prior(config=config, params=params, module=module, vocab=load_vocab(sub))

@@ -154,7 +154,7 @@ class Autoregressive(nn.Module):
         if length > self.config.n_ctx:
             raise PriorInputError(f"{length} tokens exceed the context of {self.config.n_ctx}")
         self._check_cond(x_cond, batch, length)
-        emb = self.x_emb.embedding.astype(jnp.float32)[tokens]
+        emb = self.x_emb.embedding[tokens].astype(jnp.float32)
         start = self._start_embedding(batch, y_cond)
         h = jnp.concatenate([start[:, None], emb[:, :-1]], axis=1)  # shift right, start at position 0
         h = h + self.pos_emb[:length].astype(jnp.float32)
@@ -222,7 +222,7 @@ class Autoregressive(nn.Module):
         self._check_cond(x_cond, batch, self.config.n_ctx)
         start = jnp.asarray(start, jnp.int32)
         pos = start + jnp.arange(chunk)
-        emb = self.x_emb.embedding.astype(jnp.float32)[inputs]
+        emb = self.x_emb.embedding[inputs].astype(jnp.float32)
         first = self._start_embedding(batch, y_cond)
         h = jnp.where((pos == 0)[None, :, None], first[:, None, :], emb)
         h = h + lax.dynamic_slice_in_dim(self.pos_emb, start, chunk, axis=0).astype(jnp.float32)

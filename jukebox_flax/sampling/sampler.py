@@ -66,7 +66,8 @@ class DecodeModel(Protocol):
     * ``decode(inputs, start, cache, x_cond, y_cond, encoder_kv) -> (logits, cache)``:
       ``inputs[:, i]`` is the token at position ``start + i - 1`` (position 0 ignores its input and
       uses the start / artist-genre embedding) and ``logits [B, C, bins]`` predict positions
-      ``start .. start + C - 1``;
+      ``start .. start + C - 1``; the call at position 0 fills what the cache keeps of
+      ``encoder_kv``, and later calls may pass ``encoder_kv=None`` (the token loop does);
     * ``condition(y, upper)``: labels / codes of the level above -> a dict holding at least the
       tensors ``decode`` takes (``x_cond`` full length [B, total_ctx, W], ``y_cond``, ``encoder_kv``).
     """
@@ -180,10 +181,11 @@ class WindowSampler:
         row_offset: Any = 0,
         with_logits: bool = False,
     ) -> SamplingState:
-        """Run positions ``< n_prime`` of ``tokens [B, L]`` through the model into ``cache`` (its old
-        contents are discarded); the state samples position ``n_prime`` next. ``key``: the window's
-        key, from which the row keys ``sample`` draws with are derived (``row_keys``; None: the state
-        can only be scored); ``with_logits``: keep the logits of every position (``state.logits``)."""
+        """Run positions ``< n_prime`` of ``tokens [B, L]`` (and position 0 in any case) through the
+        model into ``cache`` (its old contents are discarded); the state samples position
+        ``n_prime`` next. ``key``: the window's key, from which the row keys ``sample`` draws with
+        are derived (``row_keys``; None: the state can only be scored); ``with_logits``: keep the
+        logits of every position (``state.logits``)."""
         batch, length = tokens.shape
         keys = None if key is None else row_keys(key, batch, row_offset)
         chunk = self.chunk_size
@@ -205,10 +207,14 @@ class WindowSampler:
                 logits_buf = jax.lax.dynamic_update_slice_in_dim(logits_buf, logits.astype(jnp.float32), start, axis=1)
             return cache, logits_buf
 
-        # full chunks, then the prime's tail one position at a time (as the token loop decodes)
+        # full chunks, then the prime's tail one position at a time (as the token loop decodes).
+        # Position 0 always runs: it fills the cross-attention caches from encoder_kv, so that the
+        # token loop never has to (its input is ignored, so with no prime the token loop's
+        # recomputation of position 0 writes the same keys and values again).
         n_chunks = n_prime // chunk
         carry = jax.lax.fori_loop(0, n_chunks, lambda i, c: run(i * chunk, chunk, c), (cache, logits_buf))
-        cache, logits_buf = jax.lax.fori_loop(n_chunks * chunk, n_prime, lambda t, c: run(t, 1, c), carry)
+        tail_end = jnp.maximum(n_prime, 1)
+        cache, logits_buf = jax.lax.fori_loop(n_chunks * chunk, tail_end, lambda t, c: run(t, 1, c), carry)
         return SamplingState(
             t=jnp.asarray(n_prime, jnp.int32), tokens=tokens, cache=cache, keys=keys, logits=logits_buf
         )
@@ -220,11 +226,14 @@ class WindowSampler:
         """Sample positions ``state.t .. end - 1`` into ``state.tokens`` (needs ``state.keys``)."""
         if state.keys is None:
             raise SamplingError("sampling needs row keys: pass the key to prefill")
+        # prefill filled the cross-attention caches: without encoder_kv a step does not re-check
+        # (a conditional there copies every cross-attention cache at every step)
+        step_cond = {**cond, "encoder_kv": None}
 
         def step(state: SamplingState) -> SamplingState:
             t = state.t
             prev = jax.lax.dynamic_slice_in_dim(state.tokens, jnp.maximum(t - 1, 0), 1, axis=1)
-            logits, cache = self._decode(params, prev, t, state.cache, cond)
+            logits, cache = self._decode(params, prev, t, state.cache, step_cond)
             keys = state.keys
             assert keys is not None  # checked above; the carry keeps it
             step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t.astype(jnp.uint32))

@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 
 from jukebox_flax.config import preset
-from jukebox_flax.prior.api import Prior
-from jukebox_flax.prior.prior import init_prior_params
-from jukebox_flax.sampling.sampler import sample_prior
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -39,9 +36,9 @@ def hlo():
 
 @pytest.fixture(scope="module")
 def config():
-    # 39 layers: cross-attention layers that share a stacked cache (where the copies showed)
-    config = _script("bench_gpu").tiny_config(preset("5b_lyrics").priors[2]).replace(depth=39)
-    assert config.attention_layout.count("cross") == 3
+    # 29 layers: two cross-attention layers that share a stacked cache (where the copies showed)
+    config = _script("bench_gpu").tiny_config(preset("5b_lyrics").priors[2]).replace(depth=29)
+    assert config.attention_layout.count("cross") == 2
     return config
 
 
@@ -63,16 +60,3 @@ def test_a_token_step_copies_no_cache_and_no_weights(hlo, config):
     # the stored (scanned) layout does copy the weights: the reason sampling unrolls
     scanned = hlo.audit(config, rows, "float16", scan_layers=True, chunk=16)
     assert scanned["written_per_step"] > max(0.5 * scanned["param_bytes"], 2 * result["written_per_step"])
-
-
-def test_prior_sample_unrolls_once_and_samples_the_same():
-    bench = _script("bench_gpu")
-    config = bench.tiny_config(preset("5b").priors[0])
-    prior = Prior(config=config, params=init_prior_params(config, jax.random.key(0)))
-    y, upper = bench.labels(config, 2), bench.upper_codes(config, 2)
-    want = sample_prior(prior, jax.random.key(1), 24, y=y, upper=upper)  # through the scan stacks
-    got = prior.sample(jax.random.key(1), 24, y=y, upper=upper)
-    np.testing.assert_array_equal(got, want)
-    unrolled = prior.unrolled()
-    assert unrolled is prior.unrolled() and not unrolled.module.scan_layers
-    assert unrolled.unrolled() is unrolled

@@ -14,6 +14,7 @@ from jukebox_flax.checkpoint import save_model_dir
 from jukebox_flax.config import PriorConfig
 from jukebox_flax.prior.api import Prior, PriorCallError, init_prior_params, load_prior
 from jukebox_flax.prior.prior import JukeboxPrior, stack_layers
+from jukebox_flax.sampling.sampler import sample_prior
 from jukebox_flax.training import OptimConfig, gradient_task
 from jukebox_flax_convert.hf_config import jukebox_config_from_hf
 from jukebox_flax_convert.hf_keys import split_hf_state_dict
@@ -158,7 +159,12 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
     assert not flat.module.scan_layers and "layer_5" in flat.params["prior"]["transformer"]
     np.testing.assert_allclose(np.asarray(flat.logits(tokens, y=y)), np.asarray(logits), rtol=0, atol=1e-5)
     key = jax.random.key(3)
-    np.testing.assert_array_equal(flat.sample(key, 24, y=y, chunk_size=8), prior.sample(key, 24, y=y, chunk_size=8))
+    scanned = sample_prior(prior, key, 24, y=y, chunk_size=8)  # decodes through the scan stacks
+    np.testing.assert_array_equal(flat.sample(key, 24, y=y, chunk_size=8), scanned)
+    # Prior.sample decodes with its unrolled copy, made once and kept
+    np.testing.assert_array_equal(prior.sample(key, 24, y=y, chunk_size=8), scanned)
+    assert prior.unrolled() is prior.unrolled() and not prior.unrolled().module.scan_layers
+    assert flat.unrolled() is flat
     np.testing.assert_allclose(
         np.asarray(flat.features(tokens, y=y, layers=4)[4]),
         np.asarray(prior.features(tokens, y=y, layers=4)[4]),

@@ -124,6 +124,19 @@ def test_state_dict_errors_name_keys():
     assert set(prior_params_from_state_dict(plain, c)) == set(prior_params_from_state_dict(sd, c))
 
 
+def test_unrolled_copy_is_made_once_and_holds_the_same_weights():
+    """Prior.sample decodes with ``unrolled()``: one copy per prior, kept, with the stored weights."""
+    c = _config("prior_up0")
+    prior = Prior(config=c, params=prior_params_from_state_dict(state_dict(load_npz("openai/prior_up0")), c))
+    unrolled = prior.unrolled()
+    assert unrolled is prior.unrolled() and not unrolled.module.scan_layers
+    assert unrolled.unrolled() is unrolled
+    back = stack_layers(unrolled.params, c)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(prior.params)
+    for got, want in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(prior.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 @pytest.mark.slow  # end-to-end; .ci/run runs it after the default suite
 def test_prior_api_roundtrip_and_decode(tmp_path):
     """save -> load_prior -> Prior.logits == module; decode (pass-through) == teacher forcing."""
@@ -163,7 +176,6 @@ def test_prior_api_roundtrip_and_decode(tmp_path):
     np.testing.assert_array_equal(flat.sample(key, 24, y=y, chunk_size=8), scanned)
     # Prior.sample decodes with its unrolled copy, made once and kept
     np.testing.assert_array_equal(prior.sample(key, 24, y=y, chunk_size=8), scanned)
-    assert prior.unrolled() is prior.unrolled() and not prior.unrolled().module.scan_layers
     assert flat.unrolled() is flat
     np.testing.assert_allclose(
         np.asarray(flat.features(tokens, y=y, layers=4)[4]),
